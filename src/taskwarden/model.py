@@ -1,0 +1,214 @@
+"""Records and states of in-process operations; no I/O.
+
+An *operation* is any tracked unit of async work. Its live, mutable state is an
+:class:`OperationContext`; once it ends it is kept in the history as is, and converts to an
+immutable :class:`RunRecord` for persistence.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "TERMINAL_STATUSES",
+    "CancelationReason",
+    "OperationContext",
+    "OperationStatus",
+    "ProgressCallback",
+    "RunRecord",
+    "new_id",
+]
+
+
+class OperationStatus(StrEnum):
+    """Where an operation is in its life."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+ACTIVE_STATUSES = frozenset({OperationStatus.PENDING, OperationStatus.RUNNING})
+TERMINAL_STATUSES = frozenset(
+    {OperationStatus.COMPLETED, OperationStatus.CANCELLED, OperationStatus.FAILED}
+)
+
+
+class CancelationReason(StrEnum):
+    """Why an operation was cancelled."""
+
+    TIMEOUT = "timeout"
+    MANUAL = "manual"
+    SIGNAL = "signal"
+    CONDITION = "condition"
+    PARENT = "parent"
+
+
+ProgressCallback = Callable[[str, "float | None", "str | None"], Any]
+"""Called as ``callback(operation_id, percent, message)``; may return an awaitable."""
+
+_ID_SUFFIX = os.urandom(3).hex()
+_id_counter = itertools.count()
+
+
+def new_id() -> str:
+    """A unique id that sorts by creation time (nanoseconds, then a per-process counter)."""
+    return f"{time.time_ns():016x}{next(_id_counter) & 0xFFFF:04x}{_ID_SUFFIX}"
+
+
+class OperationContext:
+    """The live state of one operation: what the registry and history show.
+
+    Times are UNIX timestamps in seconds (``time.time()``), as in the seed API; use
+    :meth:`to_run_record` for timezone-aware values.
+    """
+
+    __slots__ = (
+        "_metadata",
+        "_progress_callbacks",
+        "cancel_message",
+        "cancel_reason",
+        "end_time",
+        "exception",
+        "id",
+        "index",
+        "kind",
+        "name",
+        "parent_id",
+        "progress_message",
+        "progress_percent",
+        "result",
+        "start_time",
+        "status",
+        "traceback",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        id: str | None = None,
+        parent_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        kind: str = "scope",
+    ) -> None:
+        self.id: str = id or new_id()
+        self.name = name
+        self.kind = kind
+        self.status = OperationStatus.PENDING
+        self.start_time: float = time.time()
+        self.end_time: float | None = None
+        self.parent_id = parent_id
+        self.cancel_reason: CancelationReason | None = None
+        self.cancel_message: str = ""
+        self.result: Any = None
+        self.exception: BaseException | None = None
+        self.traceback: str | None = None
+        self.progress_percent: float | None = None
+        self.progress_message: str | None = None
+        self.index: int | None = None
+        # Created on first use: most operations never carry metadata or callbacks.
+        self._metadata = metadata
+        self._progress_callbacks: list[ProgressCallback] | None = None
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Application data attached to the operation (mutable)."""
+        if self._metadata is None:
+            self._metadata = {}
+        return self._metadata
+
+    @property
+    def progress_callbacks(self) -> list[ProgressCallback]:
+        """Callbacks that receive every progress report (mutable)."""
+        if self._progress_callbacks is None:
+            self._progress_callbacks = []
+        return self._progress_callbacks
+
+    @property
+    def elapsed_time(self) -> float:
+        """Seconds since the start: grows while running, fixed once ended."""
+        end = self.end_time if self.end_time is not None else time.time()
+        return max(0.0, end - self.start_time)
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to end, or None while running."""
+        if self.end_time is None:
+            return None
+        return max(0.0, self.end_time - self.start_time)
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the operation completed, failed or was cancelled."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_success(self) -> bool:
+        """True only for a completed operation (not failed, not cancelled)."""
+        return self.status is OperationStatus.COMPLETED
+
+    def to_run_record(self) -> RunRecord:
+        """Freeze this (ended) operation into a record that a store can keep as is."""
+        return RunRecord(
+            index=self.index,
+            operation_id=self.id,
+            name=self.name,
+            kind=self.kind,
+            status=self.status,
+            started_at=datetime.fromtimestamp(self.start_time, UTC),
+            ended_at=(
+                datetime.fromtimestamp(self.end_time, UTC) if self.end_time is not None else None
+            ),
+            duration=self.duration,
+            result=None if self.result is None else repr(self.result),
+            error=None if self.exception is None else repr(self.exception),
+            traceback=self.traceback,
+            cancel_reason=self.cancel_reason,
+            cancel_message=self.cancel_message or None,
+            parent_id=self.parent_id,
+            metadata=dict(self._metadata or {}),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"OperationContext(id={self.id!r}, name={self.name!r}, status={self.status.value!r}, "
+            f"parent_id={self.parent_id!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunRecord:
+    """One finished run, as stored: plain values, timezone-aware UTC times.
+
+    ``result`` and ``error`` are ``repr()`` strings so any backend can keep them. For a
+    process run, ``process_id`` and ``run_number`` say which process and which of its runs.
+    """
+
+    index: int | None
+    operation_id: str
+    name: str
+    kind: str
+    status: OperationStatus
+    started_at: datetime
+    ended_at: datetime | None
+    duration: float | None
+    result: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    cancel_reason: CancelationReason | None = None
+    cancel_message: str | None = None
+    parent_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    process_id: str | None = None
+    run_number: int | None = None
