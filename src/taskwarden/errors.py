@@ -18,7 +18,9 @@ receives it as data can tell the cases apart without parsing messages::
     ├── StoreError (OSError)                 store-error
     │   └── SchemaError                      schema-error
     ├── BusError (OSError)                   bus-error
-    │   └── RequestTimeout (TimeoutError)    timeout
+    │   ├── RequestTimeout (TimeoutError)    timeout
+    │   ├── InvalidPayload (ValueError)      invalid-payload
+    │   └── RemoteHandlerError               handler-error
     └── ShutdownTimeout (TimeoutError)       shutdown-timeout
 """
 
@@ -164,6 +166,27 @@ class RequestTimeout(BusError, TimeoutError):
     """A request over the bus got no reply within its timeout."""
 
     reason = "timeout"
+
+
+class InvalidPayload(BusError, ValueError):
+    """A bus payload is not a JSON object of JSON-able values; send plain dicts."""
+
+    reason = "invalid-payload"
+
+
+class RemoteHandlerError(BusError):
+    """The server's request handler raised; ``remote_type`` names the remote exception."""
+
+    reason = "handler-error"
+
+    def __init__(self, topic: str, remote_type: str, remote_message: str) -> None:
+        super().__init__(
+            f"the handler of {topic!r} failed with {remote_type}: {remote_message}; "
+            "see the serving process's log"
+        )
+        self.topic = topic
+        self.remote_type = remote_type
+        self.remote_message = remote_message
 
 
 class ShutdownTimeout(TaskwardenError, TimeoutError):
