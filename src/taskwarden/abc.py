@@ -165,7 +165,12 @@ class Bus(ABC):
 
     @abstractmethod
     async def request(
-        self, topic: str, payload: Mapping[str, Any], *, timeout: float = 5.0
+        self,
+        topic: str,
+        payload: Mapping[str, Any],
+        *,
+        # The timeout travels with the request so the server can skip expired ones.
+        timeout: float = 5.0,  # noqa: ASYNC109
     ) -> Mapping[str, Any]:
         """Send a request to exactly one server of ``topic`` and return its reply payload.
 
