@@ -1,0 +1,37 @@
+"""The package's public surface: ``__all__`` is exact, and the core loads no optional stack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import taskwarden
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    public = {name for name in vars(taskwarden) if not name.startswith("_")} - {"annotations"}
+    modules = {name for name in public if type(getattr(taskwarden, name)).__name__ == "module"}
+    assert set(taskwarden.__all__) - {"__version__"} == public - modules
+    assert len(taskwarden.__all__) == len(set(taskwarden.__all__))
+    for name in taskwarden.__all__:
+        assert getattr(taskwarden, name) is not None
+
+
+def test_every_public_object_has_a_docstring() -> None:
+    missing = [
+        name
+        for name in taskwarden.__all__
+        if callable(getattr(taskwarden, name)) and not getattr(taskwarden, name).__doc__
+    ]
+    assert missing == []
+
+
+def test_importing_the_core_loads_no_driver_web_or_terminal_library() -> None:
+    code = (
+        "import sys, taskwarden, taskwarden.scope, taskwarden.registry, taskwarden.history\n"
+        "heavy = ('rich', 'asyncpg', 'psycopg', 'redis', 'fastapi', 'starlette', 'uvicorn',"
+        " 'anyio', 'prometheus_client')\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
