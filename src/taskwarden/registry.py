@@ -202,7 +202,7 @@ class OperationRegistry:
             ctx = node.context
             progress = f" {ctx.progress_percent:.0f}%" if ctx.progress_percent is not None else ""
             label = (
-                f"[cyan]{ctx.name}[/] [dim]{ctx.id[:12]}[/] {ctx.status.value}{progress} "
+                f"[cyan]{ctx.name}[/] [dim]{ctx.id[-10:]}[/] {ctx.status.value}{progress} "
                 f"[dim]{ctx.elapsed_time:.2f}s[/]"
             )
             if ctx.progress_message:

@@ -579,7 +579,7 @@ class Cancelable:
 
     def _on_timeout(self) -> None:
         self._deadline_handle = None
-        self._cancel(CancelationReason.TIMEOUT, f"timed out after {self._timeout} seconds")
+        self._cancel(CancelationReason.TIMEOUT, f"timed out after {self._timeout:g} seconds")
 
     async def _poll_condition(self) -> None:
         condition = self._condition
