@@ -64,11 +64,15 @@ def open_bus(url: str) -> Bus:
     if scheme in ("redis", "rediss"):
         try:
             from taskwarden.bus.redis import RedisBus
-        except ImportError as exc:
+        except ModuleNotFoundError as exc:
+            if exc.name != "redis" and not (exc.name or "").startswith("redis."):
+                raise
             raise MissingExtra("the Redis bus", "redis") from exc
         return RedisBus(stripped, prefix=prefix or "taskwarden")
     try:
         from taskwarden.bus.postgres import PostgresBus
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name != "asyncpg":
+            raise
         raise MissingExtra("the PostgreSQL bus", "postgres") from exc
     return PostgresBus(stripped, prefix=prefix or "taskwarden")
