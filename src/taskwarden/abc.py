@@ -7,12 +7,16 @@ modules, never here.
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
+
+from taskwarden.model import OperationStatus, RunRecord
+from taskwarden.processes import LogEntry, ProcessRecord, ProcessState
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -193,3 +197,280 @@ class Bus(ABC):
     @abstractmethod
     async def unserve(self, pattern: str) -> None:
         """Stop handling ``pattern`` on this bus; requests being handled finish. Idempotent."""
+
+
+# -- Store -------------------------------------------------------------------------------
+
+
+class Store(ABC):
+    """Where process records and run history persist: the only I/O of the process engine.
+
+    Methods are domain verbs, each one atomic on its own: a caller never sees half of a
+    change, and two callers (tasks, threads, OS processes or machines sharing one database)
+    never both win a compare-and-set. Every write sets the record's ``updated_at`` from the
+    store's clock.
+
+    Life cycle: :meth:`open` (connects and applies the schema migrations), the verbs,
+    :meth:`close`; or ``async with store:``. A verb called on a store that is not open
+    raises :class:`~taskwarden.errors.StoreError`. Driver errors are wrapped in
+    ``StoreError`` (or its subclass ``SchemaError``) with the cause chained; transient ones
+    (a busy database, a lost connection) are retried a few times first.
+
+    Time: lease decisions use the wall time of the store's
+    :class:`~taskwarden.clock.Clock` (``clock=`` in the constructor, a ``SystemClock`` by
+    default), so tests move time with a ``FakeClock`` instead of sleeping. Backends call
+    ``clock.wall()``, never ``datetime.now`` directly.
+    """
+
+    # -- life cycle -------------------------------------------------------------------
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema up to date; a no-op on a store that is open.
+
+        Migrations are versioned (a ``<prefix>_schema_version`` table) and applied in
+        order, each once, even when several processes open one database at the same time.
+
+        Raises:
+            SchemaError: the database was migrated by a newer taskwarden than this one
+                (its version is higher than the highest this code knows), or a migration
+                failed.
+            StoreError: the database cannot be reached or opened.
+        """
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections and threads; a no-op on a store that is not open.
+
+        Writes already acknowledged are durable; the store can be opened again.
+        """
+
+    async def __aenter__(self) -> Self:
+        """Open the store and return it."""
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the store."""
+        await self.close()
+
+    # -- definitions ------------------------------------------------------------------
+
+    @abstractmethod
+    async def create(self, record: ProcessRecord) -> ProcessRecord:
+        """Insert a new process record as given and return it as stored.
+
+        The store sets ``updated_at``; everything else is kept as given (``created_at``
+        included). Atomic: of two concurrent creates of one id, exactly one succeeds.
+
+        Raises:
+            InvalidDefinition: a record with this ``process_id`` exists, or a value cannot
+                be stored (``params``, ``metadata`` and log ``data`` must be JSON values).
+        """
+
+    @abstractmethod
+    async def update_definition(self, process_id: str, /, **fields: Any) -> ProcessRecord:
+        """Change definition fields of a process and return the updated record.
+
+        Only the fields in :data:`~taskwarden.processes.DEFINITION_FIELDS` (name,
+        description, params, metadata, order, cancellable, adhoc, ephemeral, special,
+        warning, schedule, resumable) may be given; runtime state (state, status, progress,
+        log, lease, run number) is never touched, whatever state the process is in.
+        Atomic (one write).
+
+        Raises:
+            ProcessNotFound: no record has this id.
+            InvalidDefinition: a field is not a definition field, or a value cannot be
+                stored.
+        """
+
+    # -- queries ----------------------------------------------------------------------
+
+    @abstractmethod
+    async def get(self, process_id: str) -> ProcessRecord | None:
+        """The record with this id, or None. Reads committed state only."""
+
+    @abstractmethod
+    async def list(
+        self,
+        *,
+        state: ProcessState | Collection[ProcessState] | None = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> builtins.list[ProcessRecord]:
+        """Records matching every given filter, sorted by ``(depth, order, process_id)``.
+
+        Filters combine with AND: ``state`` (one state or any of several), ``root_id``,
+        ``parent_id``, and ``metadata``, where each ``key: value`` pair must equal the
+        record's ``metadata[key]`` (values are str, int, float or bool; a bool matches only
+        a bool, a number only a number).
+
+        Pagination is by keyset: pass the :attr:`~ProcessRecord.cursor` of the last record
+        of a page as ``cursor`` to get the records strictly after it; records created or
+        deleted meanwhile neither shift nor repeat the others. ``limit=None`` returns all.
+
+        Raises:
+            ConfigurationError: a malformed cursor, a negative limit, or a metadata value
+                of another type.
+        """
+
+    @abstractmethod
+    async def children(self, process_id: str) -> builtins.list[ProcessRecord]:
+        """The direct children of a process (``parent_id == process_id``), sorted by
+        ``(order, process_id)``; empty when it has none or does not exist."""
+
+    # -- deletion ---------------------------------------------------------------------
+
+    @abstractmethod
+    async def delete(
+        self,
+        process_id: str,
+        *,
+        only_if_states: Collection[ProcessState] | None = None,
+        descendants: bool = False,
+    ) -> bool:
+        """Delete a record; return True if it was deleted.
+
+        With ``only_if_states`` the record is deleted only while its state is one of them
+        (checked and deleted atomically); otherwise False is returned and nothing changes.
+        With ``descendants=True`` its whole subtree goes in the same transaction. A missing
+        record returns False (never raises).
+        """
+
+    @abstractmethod
+    async def delete_descendants(self, process_id: str) -> int:
+        """Delete every descendant of a process (children, their children, ...), keeping
+        the process itself; return how many records were deleted. Atomic."""
+
+    # -- state changes ----------------------------------------------------------------
+
+    @abstractmethod
+    async def transition(
+        self,
+        process_id: str,
+        expected_states: Collection[ProcessState],
+        to_state: ProcessState,
+        /,
+        *,
+        expected_owner: str | None = None,
+        **fields: Any,
+    ) -> ProcessRecord:
+        """Compare-and-set the state: one atomic write, returning the new record.
+
+        If the record's state is one of ``expected_states`` (and, when ``expected_owner``
+        is given, its ``lease_owner`` equals it), the state becomes ``to_state`` and the
+        ``fields`` (only :data:`~taskwarden.processes.RUNTIME_FIELDS`: error, status
+        times, duration, progress, log, run_number, lease) are set in the same write.
+        Of any number of concurrent callers expecting the same state, exactly one wins.
+
+        The store also maintains, unless the field is given explicitly:
+
+        - a transition into ``running`` increments ``run_number``;
+        - a transition into ``idle`` or an END state clears ``lease_owner`` and
+          ``lease_expires_at``.
+
+        Raises:
+            InvalidTransition: before any I/O if some ``expected -> to_state`` edge is not
+                in :data:`~taskwarden.processes.TRANSITIONS`, or ``expected_states`` is
+                empty; after the read if the record is in another state or held by another
+                owner (``current`` names the state found).
+            ProcessNotFound: no record has this id.
+            InvalidDefinition: a field is not a runtime field.
+        """
+
+    @abstractmethod
+    async def update_progress(
+        self,
+        process_id: str,
+        percent: float | None,
+        message: str | None,
+        log_entries: Sequence[LogEntry] = (),
+        max_log: int = 1000,
+    ) -> None:
+        """Set ``progress_percent`` and ``progress_message`` and append ``log_entries`` to
+        the log, keeping only its newest ``max_log`` entries: one atomic write, whatever
+        the state. Entries keep the order given, after the ones stored.
+
+        Raises:
+            ProcessNotFound: no record has this id.
+        """
+
+    # -- leases (distributed workers) -------------------------------------------------
+
+    @abstractmethod
+    async def claim(
+        self, worker: str, lease_seconds: float, limit: int = 1
+    ) -> builtins.list[ProcessRecord]:
+        """Take up to ``limit`` ``scheduled`` processes that have no live lease.
+
+        A lease is live while ``lease_expires_at`` is after the store clock's now. Each
+        taken record gets ``lease_owner = worker`` and ``lease_expires_at = now +
+        lease_seconds``, atomically, so two concurrent claimers (tasks, processes or
+        machines) never take the same process (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: a
+        claimer skips rows another is taking instead of waiting). The oldest scheduled
+        (by ``updated_at``, then ``process_id``) come first; the result keeps that order.
+        A process scheduled with a live lease (e.g. a child run in-process by its parent's
+        engine) is never claimed.
+        """
+
+    @abstractmethod
+    async def renew_leases(
+        self, worker: str, process_ids: Collection[str], lease_seconds: float
+    ) -> builtins.list[str]:
+        """Extend to ``now + lease_seconds`` the leases ``worker`` still holds on active
+        processes among ``process_ids``; return the ids renewed (in no particular order).
+        An id missing from the result was lost (expired and recovered, or ended): the
+        worker must stop working on it. Atomic."""
+
+    @abstractmethod
+    async def release(self, worker: str, process_ids: Collection[str]) -> builtins.list[str]:
+        """Clear the leases ``worker`` holds on ``process_ids``; return the ids released.
+        Leases held by other workers are left alone. Atomic."""
+
+    @abstractmethod
+    async def expire_leases(self, now: datetime | None = None) -> builtins.list[ProcessRecord]:
+        """Clear every lease that expired at ``now`` (default: the store clock) on an
+        active process and return those records (lease cleared, state unchanged) for
+        recovery. Atomic: each expired lease is returned to exactly one caller."""
+
+    @abstractmethod
+    async def mark_cron_tick(self, process_id: str, tick: datetime) -> bool:
+        """Record that the cron fire time ``tick`` was taken: True for exactly one caller
+        per tick, even with several engines on one store (a compare-and-set on
+        ``last_cron_tick``, which only moves forward). False when this or a later tick was
+        marked already.
+
+        Raises:
+            ProcessNotFound: no record has this id.
+        """
+
+    # -- history ----------------------------------------------------------------------
+
+    @abstractmethod
+    async def record_run(self, run: RunRecord) -> RunRecord:
+        """Append a finished run to the history and return it with ``index`` set to its
+        position (unique, increasing in the order runs were recorded). The history is
+        independent of process records: deleting a process keeps its runs."""
+
+    @abstractmethod
+    async def query_history(
+        self,
+        *,
+        process_id: str | None = None,
+        name: str | None = None,
+        status: OperationStatus | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[RunRecord]:
+        """Recorded runs matching every given filter, newest (highest ``index``) first.
+
+        ``since`` keeps runs that started at or after it; ``limit=None`` returns all.
+        """

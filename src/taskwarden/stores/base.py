@@ -1,0 +1,288 @@
+"""Code shared by the store backends: argument checks, encoding, and the transient-retry helper.
+
+Nothing here is part of the :class:`~taskwarden.abc.Store` contract; backends use it so that
+they refuse the same inputs with the same errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from taskwarden.errors import ConfigurationError, InvalidDefinition, InvalidTransition
+from taskwarden.processes import (
+    DEFINITION_FIELDS,
+    END_STATES,
+    RUNTIME_FIELDS,
+    LogEntry,
+    LogLevel,
+    ProcessState,
+    can_transition,
+    decode_cursor,
+)
+
+__all__ = [
+    "MAX_LOG_DEFAULT",
+    "check_definition_fields",
+    "check_edges",
+    "check_limit",
+    "check_metadata_filter",
+    "check_runtime_fields",
+    "decode_dt",
+    "encode_dt",
+    "json_dumps",
+    "log_from_json",
+    "log_to_json",
+    "metadata_matches",
+    "parse_cursor",
+    "retry_transient",
+    "retry_transient_sync",
+    "state_filter",
+    "table_names",
+    "transition_defaults",
+]
+
+logger = logging.getLogger("taskwarden.stores")
+
+T = TypeVar("T")
+
+MAX_LOG_DEFAULT = 1000
+"""How many log entries a process keeps unless the engine says otherwise."""
+
+_PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+
+
+def table_names(prefix: str) -> tuple[str, str, str]:
+    """``(processes, runs, schema_version)`` table names for ``prefix``.
+
+    Raises ConfigurationError for a prefix that is not a safe SQL identifier.
+    """
+    if not _PREFIX_RE.match(prefix):
+        raise ConfigurationError(
+            f"invalid table prefix {prefix!r}: use lowercase letters, digits and underscores, "
+            "starting with a letter or underscore (at most 41 characters)"
+        )
+    return f"{prefix}_processes", f"{prefix}_runs", f"{prefix}_schema_version"
+
+
+# -- time and JSON ------------------------------------------------------------------------
+
+
+def to_utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive datetime is refused (it is ambiguous)."""
+    if value.tzinfo is None:
+        raise ConfigurationError(
+            f"naive datetime {value!r}: pass a timezone-aware one (e.g. datetime.now(UTC))"
+        )
+    return value.astimezone(UTC)
+
+
+def encode_dt(value: datetime | None) -> str | None:
+    """A fixed-width ISO-8601 UTC string, so text comparison orders like time does."""
+    if value is None:
+        return None
+    return to_utc(value).isoformat(timespec="microseconds")
+
+
+def decode_dt(value: str | None) -> datetime | None:
+    """Inverse of :func:`encode_dt`."""
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def json_dumps(value: Any, what: str) -> str:
+    """Compact JSON for ``value``; InvalidDefinition names ``what`` when it is not JSON."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidDefinition(
+            f"{what} must hold JSON values only (str, numbers, bools, None, lists, dicts): {exc}"
+        ) from exc
+
+
+def log_to_json(entries: Iterable[LogEntry]) -> list[dict[str, Any]]:
+    """Log entries as JSON-ready dicts (the seed's shape)."""
+    return [entry.to_document() for entry in entries]
+
+
+def log_from_json(items: Iterable[Mapping[str, Any]]) -> tuple[LogEntry, ...]:
+    """Inverse of :func:`log_to_json`."""
+    return tuple(
+        LogEntry(
+            timestamp=datetime.fromisoformat(item["timestamp"]),
+            level=LogLevel(item["level"]),
+            message=item["message"],
+            data=item.get("data"),
+        )
+        for item in items
+    )
+
+
+# -- argument checks ----------------------------------------------------------------------
+
+
+def check_definition_fields(fields: Mapping[str, Any]) -> None:
+    """Refuse anything but definition fields (InvalidDefinition)."""
+    unknown = set(fields) - DEFINITION_FIELDS
+    if unknown:
+        raise InvalidDefinition(
+            f"update_definition cannot change {sorted(unknown)}: only definition fields "
+            f"{sorted(DEFINITION_FIELDS)} (runtime state changes through transition())"
+        )
+
+
+def check_runtime_fields(fields: Mapping[str, Any]) -> None:
+    """Refuse anything but runtime fields in a transition (InvalidDefinition)."""
+    unknown = set(fields) - RUNTIME_FIELDS
+    if unknown:
+        raise InvalidDefinition(
+            f"transition cannot set {sorted(unknown)}: only runtime fields "
+            f"{sorted(RUNTIME_FIELDS)} (definitions change through update_definition())"
+        )
+
+
+def check_edges(
+    process_id: str, expected_states: Collection[ProcessState], to_state: ProcessState
+) -> frozenset[ProcessState]:
+    """Validate every ``expected -> to_state`` edge against the table; return the set.
+
+    Raises InvalidTransition (``current=None``) for an empty set or an edge not in the
+    table, before any I/O.
+    """
+    expected = frozenset(ProcessState(state) for state in expected_states)
+    target = ProcessState(to_state)
+    if not expected:
+        raise InvalidTransition(
+            process_id, None, target, f"transition of {process_id!r}: expected_states is empty"
+        )
+    bad = sorted(state for state in expected if not can_transition(state, target))
+    if bad:
+        raise InvalidTransition(
+            process_id,
+            bad[0],
+            target,
+            f"transition of {process_id!r} from {bad} to {target.value!r} is not in the "
+            "transition table (taskwarden.processes.TRANSITIONS)",
+        )
+    return expected
+
+
+def transition_defaults(to_state: ProcessState, fields: Mapping[str, Any]) -> tuple[bool, bool]:
+    """``(increment_run_number, clear_lease)`` that a transition implies unless overridden."""
+    increment = to_state is ProcessState.RUNNING and "run_number" not in fields
+    clear = (to_state is ProcessState.IDLE or to_state in END_STATES) and not (
+        {"lease_owner", "lease_expires_at"} & fields.keys()
+    )
+    return increment, clear
+
+
+def state_filter(
+    state: ProcessState | Collection[ProcessState] | None,
+) -> frozenset[ProcessState] | None:
+    """Normalize ``list(state=...)``: None, one state or several, to a set (or None)."""
+    if state is None:
+        return None
+    if isinstance(state, str):
+        return frozenset({ProcessState(state)})
+    return frozenset(ProcessState(item) for item in state)
+
+
+def check_metadata_filter(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate a metadata filter: scalar values only (ConfigurationError otherwise)."""
+    if not metadata:
+        return {}
+    for key, value in metadata.items():
+        if not isinstance(value, str | int | float):
+            raise ConfigurationError(
+                f"metadata filter {key!r}={value!r}: values must be str, int, float or bool"
+            )
+    return dict(metadata)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "str"
+    return "other"
+
+
+def metadata_matches(metadata: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """True when every ``key: value`` of ``wanted`` equals ``metadata[key]`` (same kind:
+    a bool matches only a bool, a number only a number)."""
+    for key, value in wanted.items():
+        if key not in metadata:
+            return False
+        have = metadata[key]
+        if _kind(have) != _kind(value) or have != value:
+            return False
+    return True
+
+
+def parse_cursor(cursor: str | None) -> tuple[int, int, str] | None:
+    """Decode a keyset cursor; ConfigurationError for one no record produced."""
+    if cursor is None:
+        return None
+    try:
+        return decode_cursor(cursor)
+    except ValueError:
+        raise ConfigurationError(
+            f"invalid cursor {cursor!r}: pass the .cursor of the last record of a page"
+        ) from None
+
+
+def check_limit(limit: int | None) -> None:
+    """Refuse a negative limit (ConfigurationError)."""
+    if limit is not None and limit < 0:
+        raise ConfigurationError(f"limit must be None or >= 0, not {limit!r}")
+
+
+# -- transient errors ---------------------------------------------------------------------
+
+
+async def retry_transient(
+    call: Callable[[], Awaitable[T]],
+    *,
+    is_transient: Callable[[BaseException], bool],
+    attempts: int = 4,
+    delay: float = 0.02,
+) -> T:
+    """Await ``call()``, calling it again (with growing delays) while it fails transiently.
+
+    The last error propagates unchanged; the caller wraps it in StoreError.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call()
+        except Exception as exc:
+            if attempt == attempts or not is_transient(exc):
+                raise
+            logger.warning("transient store error (attempt %d/%d): %r", attempt, attempts, exc)
+            await asyncio.sleep(delay * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def retry_transient_sync(
+    call: Callable[[], T],
+    *,
+    is_transient: Callable[[BaseException], bool],
+    attempts: int = 4,
+    delay: float = 0.02,
+) -> T:
+    """:func:`retry_transient` for blocking code running in a store's own thread."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if attempt == attempts or not is_transient(exc):
+                raise
+            logger.warning("transient store error (attempt %d/%d): %r", attempt, attempts, exc)
+            time.sleep(delay * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,402 @@
+"""An in-memory store: the contract without persistence, for tests and throwaway engines.
+
+Every verb runs without awaiting in between, so on one event loop each is atomic by
+construction. Values are copied through JSON on the way in, so the memory store refuses
+exactly what the database stores refuse and a caller's later mutation of a dict it passed
+never reaches the store.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import itertools
+import json
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from taskwarden.abc import Store
+from taskwarden.clock import Clock, SystemClock
+from taskwarden.errors import InvalidDefinition, InvalidTransition, ProcessNotFound, StoreError
+from taskwarden.model import OperationStatus, RunRecord
+from taskwarden.processes import ACTIVE_STATES, LogEntry, ProcessRecord, ProcessState
+from taskwarden.stores.base import (
+    check_definition_fields,
+    check_edges,
+    check_limit,
+    check_metadata_filter,
+    check_runtime_fields,
+    json_dumps,
+    metadata_matches,
+    parse_cursor,
+    state_filter,
+    to_utc,
+    transition_defaults,
+)
+
+__all__ = ["MemoryStore"]
+
+
+_TIME_FIELDS = (
+    "running_since",
+    "done_at",
+    "failed_at",
+    "stopped_at",
+    "created_at",
+    "lease_expires_at",
+    "last_cron_tick",
+)
+
+
+def _copy_json(value: Any, what: str) -> Any:
+    return json.loads(json_dumps(value, what))
+
+
+def _clean_log(entries: Sequence[LogEntry]) -> tuple[LogEntry, ...]:
+    return tuple(
+        dataclasses.replace(
+            entry,
+            timestamp=to_utc(entry.timestamp),
+            data=None if entry.data is None else _copy_json(entry.data, "log data"),
+        )
+        for entry in entries
+    )
+
+
+class MemoryStore(Store):
+    """Keeps records and history in dicts of this OS process; lost on exit.
+
+    Use it from one event loop. ``clock`` decides lease expiry (default: the system clock).
+    """
+
+    def __init__(self, *, clock: Clock | None = None, prefix: str = "taskwarden") -> None:
+        self.clock: Clock = clock or SystemClock()
+        self.prefix = prefix
+        self._open = False
+        self._records: dict[str, ProcessRecord] = {}
+        self._children: dict[str, set[str]] = {}
+        self._runs: list[RunRecord] = []
+        self._run_index = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(records={len(self._records)}, runs={len(self._runs)})"
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Mark the store open (the data survives close / open on the same instance)."""
+        self._open = True
+
+    async def close(self) -> None:
+        """Mark the store closed."""
+        self._open = False
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise StoreError("the store is not open: call await store.open() or use async with")
+
+    def _require(self, process_id: str) -> ProcessRecord:
+        record = self._records.get(process_id)
+        if record is None:
+            raise ProcessNotFound(process_id)
+        return record
+
+    def _put(self, record: ProcessRecord, **changes: Any) -> ProcessRecord:
+        record = dataclasses.replace(record, updated_at=self.clock.wall(), **changes)
+        self._records[record.process_id] = record
+        return record
+
+    # -- definitions ------------------------------------------------------------------
+
+    async def create(self, record: ProcessRecord) -> ProcessRecord:
+        """See :meth:`Store.create`."""
+        self._check_open()
+        if record.process_id in self._records:
+            raise InvalidDefinition(
+                f"a process with id {record.process_id!r} exists: pick another id, or "
+                "update_definition() it"
+            )
+        times: dict[str, Any] = {
+            key: to_utc(value)
+            for key in _TIME_FIELDS
+            if (value := getattr(record, key)) is not None
+        }
+        clean = dataclasses.replace(
+            record,
+            params=_copy_json(record.params, "params"),
+            metadata=_copy_json(record.metadata, "metadata"),
+            log=_clean_log(record.log),
+            **times,
+        )
+        stored = self._put(clean)
+        if stored.parent_id is not None:
+            self._children.setdefault(stored.parent_id, set()).add(stored.process_id)
+        return stored
+
+    async def update_definition(self, process_id: str, /, **fields: Any) -> ProcessRecord:
+        """See :meth:`Store.update_definition`."""
+        self._check_open()
+        check_definition_fields(fields)
+        record = self._require(process_id)
+        for key in ("params", "metadata"):
+            if key in fields:
+                fields[key] = _copy_json(fields[key], key)
+        return self._put(record, **fields)
+
+    # -- queries ----------------------------------------------------------------------
+
+    async def get(self, process_id: str) -> ProcessRecord | None:
+        """See :meth:`Store.get`."""
+        self._check_open()
+        return self._records.get(process_id)
+
+    async def list(
+        self,
+        *,
+        state: ProcessState | Collection[ProcessState] | None = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> builtins.list[ProcessRecord]:
+        """See :meth:`Store.list`."""
+        self._check_open()
+        states = state_filter(state)
+        wanted = check_metadata_filter(metadata)
+        after = parse_cursor(cursor)
+        check_limit(limit)
+        found = [
+            record
+            for record in self._records.values()
+            if (states is None or record.state in states)
+            and (root_id is None or record.root_id == root_id)
+            and (parent_id is None or record.parent_id == parent_id)
+            and (not wanted or metadata_matches(record.metadata, wanted))
+            and (after is None or (record.depth, record.order, record.process_id) > after)
+        ]
+        found.sort(key=lambda r: (r.depth, r.order, r.process_id))
+        return found if limit is None else found[:limit]
+
+    async def children(self, process_id: str) -> builtins.list[ProcessRecord]:
+        """See :meth:`Store.children`."""
+        self._check_open()
+        found = [self._records[cid] for cid in self._children.get(process_id, ())]
+        found.sort(key=lambda r: (r.order, r.process_id))
+        return found
+
+    # -- deletion ---------------------------------------------------------------------
+
+    def _subtree(self, process_id: str) -> builtins.list[str]:
+        out: builtins.list[str] = []
+        stack = list(self._children.get(process_id, ()))
+        while stack:
+            current = stack.pop()
+            out.append(current)
+            stack.extend(self._children.get(current, ()))
+        return out
+
+    def _remove(self, process_id: str) -> None:
+        record = self._records.pop(process_id)
+        self._children.pop(process_id, None)
+        if record.parent_id is not None:
+            siblings = self._children.get(record.parent_id)
+            if siblings is not None:
+                siblings.discard(process_id)
+
+    async def delete(
+        self,
+        process_id: str,
+        *,
+        only_if_states: Collection[ProcessState] | None = None,
+        descendants: bool = False,
+    ) -> bool:
+        """See :meth:`Store.delete`."""
+        self._check_open()
+        record = self._records.get(process_id)
+        if record is None:
+            return False
+        if only_if_states is not None and record.state not in frozenset(only_if_states):
+            return False
+        if descendants:
+            for descendant in self._subtree(process_id):
+                self._remove(descendant)
+        self._remove(process_id)
+        return True
+
+    async def delete_descendants(self, process_id: str) -> int:
+        """See :meth:`Store.delete_descendants`."""
+        self._check_open()
+        subtree = self._subtree(process_id)
+        for descendant in subtree:
+            self._remove(descendant)
+        return len(subtree)
+
+    # -- state changes ----------------------------------------------------------------
+
+    async def transition(
+        self,
+        process_id: str,
+        expected_states: Collection[ProcessState],
+        to_state: ProcessState,
+        /,
+        *,
+        expected_owner: str | None = None,
+        **fields: Any,
+    ) -> ProcessRecord:
+        """See :meth:`Store.transition`."""
+        self._check_open()
+        expected = check_edges(process_id, expected_states, to_state)
+        check_runtime_fields(fields)
+        record = self._require(process_id)
+        if record.state not in expected:
+            raise InvalidTransition(process_id, record.state, to_state)
+        if expected_owner is not None and record.lease_owner != expected_owner:
+            raise InvalidTransition(
+                process_id,
+                record.state,
+                to_state,
+                f"process {process_id!r} is leased by {record.lease_owner!r}, not "
+                f"{expected_owner!r}: its lease was lost",
+            )
+        increment, clear = transition_defaults(ProcessState(to_state), fields)
+        if increment:
+            fields["run_number"] = record.run_number + 1
+        if clear:
+            fields["lease_owner"] = None
+            fields["lease_expires_at"] = None
+        if "log" in fields:
+            fields["log"] = _clean_log(fields["log"])
+        for key in _TIME_FIELDS:
+            if fields.get(key) is not None:
+                fields[key] = to_utc(fields[key])
+        return self._put(record, state=ProcessState(to_state), **fields)
+
+    async def update_progress(
+        self,
+        process_id: str,
+        percent: float | None,
+        message: str | None,
+        log_entries: Sequence[LogEntry] = (),
+        max_log: int = 1000,
+    ) -> None:
+        """See :meth:`Store.update_progress`."""
+        self._check_open()
+        record = self._require(process_id)
+        log = record.log
+        if log_entries:
+            log = (log + _clean_log(log_entries))[-max_log:] if max_log > 0 else ()
+        self._put(record, progress_percent=percent, progress_message=message, log=log)
+
+    # -- leases -----------------------------------------------------------------------
+
+    async def claim(
+        self, worker: str, lease_seconds: float, limit: int = 1
+    ) -> builtins.list[ProcessRecord]:
+        """See :meth:`Store.claim`."""
+        self._check_open()
+        now = self.clock.wall()
+        candidates = sorted(
+            (
+                record
+                for record in self._records.values()
+                if record.state is ProcessState.SCHEDULED
+                and (record.lease_expires_at is None or record.lease_expires_at <= now)
+            ),
+            key=lambda r: (r.updated_at, r.process_id),
+        )[: max(0, limit)]
+        expires = now + timedelta(seconds=lease_seconds)
+        return [
+            self._put(record, lease_owner=worker, lease_expires_at=expires) for record in candidates
+        ]
+
+    async def renew_leases(
+        self, worker: str, process_ids: Collection[str], lease_seconds: float
+    ) -> builtins.list[str]:
+        """See :meth:`Store.renew_leases`."""
+        self._check_open()
+        expires = self.clock.wall() + timedelta(seconds=lease_seconds)
+        renewed: builtins.list[str] = []
+        for process_id in dict.fromkeys(process_ids):
+            record = self._records.get(process_id)
+            if record and record.lease_owner == worker and record.state in ACTIVE_STATES:
+                self._put(record, lease_expires_at=expires)
+                renewed.append(process_id)
+        return renewed
+
+    async def release(self, worker: str, process_ids: Collection[str]) -> builtins.list[str]:
+        """See :meth:`Store.release`."""
+        self._check_open()
+        released: builtins.list[str] = []
+        for process_id in dict.fromkeys(process_ids):
+            record = self._records.get(process_id)
+            if record and record.lease_owner == worker:
+                self._put(record, lease_owner=None, lease_expires_at=None)
+                released.append(process_id)
+        return released
+
+    async def expire_leases(self, now: datetime | None = None) -> builtins.list[ProcessRecord]:
+        """See :meth:`Store.expire_leases`."""
+        self._check_open()
+        cutoff = to_utc(now) if now is not None else self.clock.wall()
+        expired = [
+            record
+            for record in self._records.values()
+            if record.state in ACTIVE_STATES
+            and record.lease_owner is not None
+            and record.lease_expires_at is not None
+            and record.lease_expires_at <= cutoff
+        ]
+        return [self._put(r, lease_owner=None, lease_expires_at=None) for r in expired]
+
+    async def mark_cron_tick(self, process_id: str, tick: datetime) -> bool:
+        """See :meth:`Store.mark_cron_tick`."""
+        self._check_open()
+        record = self._require(process_id)
+        tick = to_utc(tick)
+        if record.last_cron_tick is not None and record.last_cron_tick >= tick:
+            return False
+        self._put(record, last_cron_tick=tick)
+        return True
+
+    # -- history ----------------------------------------------------------------------
+
+    async def record_run(self, run: RunRecord) -> RunRecord:
+        """See :meth:`Store.record_run`."""
+        self._check_open()
+        stored = dataclasses.replace(
+            run,
+            index=next(self._run_index),
+            metadata=_copy_json(run.metadata, "run metadata"),
+            started_at=to_utc(run.started_at),
+            ended_at=None if run.ended_at is None else to_utc(run.ended_at),
+        )
+        self._runs.append(stored)
+        return stored
+
+    async def query_history(
+        self,
+        *,
+        process_id: str | None = None,
+        name: str | None = None,
+        status: OperationStatus | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[RunRecord]:
+        """See :meth:`Store.query_history`."""
+        self._check_open()
+        check_limit(limit)
+        cutoff = None if since is None else to_utc(since)
+        found: builtins.list[RunRecord] = []
+        for run in reversed(self._runs):
+            if limit is not None and len(found) >= limit:
+                break
+            if (
+                (process_id is None or run.process_id == process_id)
+                and (name is None or run.name == name)
+                and (status is None or run.status == status)
+                and (cutoff is None or run.started_at >= cutoff)
+            ):
+                found.append(run)
+        return found

@@ -1,0 +1,863 @@
+"""The Store contract, run over every backend: memory, SQLite (a file) and PostgreSQL.
+
+Each test gets a fresh namespace: a new MemoryStore, a new SQLite file, or a unique table
+prefix in a PostgreSQL database created for this module. ``Backend.make`` builds another
+store on the same data, for reopen and multi-store races.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskwarden.abc import Store
+from taskwarden.clock import FakeClock
+from taskwarden.errors import (
+    ConfigurationError,
+    InvalidDefinition,
+    InvalidTransition,
+    ProcessNotFound,
+    SchemaError,
+    StoreError,
+)
+from taskwarden.model import OperationStatus, RunRecord
+from taskwarden.processes import (
+    END_STATES,
+    TRANSITIONS,
+    LogEntry,
+    LogLevel,
+    ProcessRecord,
+    ProcessState,
+)
+from taskwarden.stores.memory import MemoryStore
+
+S = ProcessState
+T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+
+
+class Backend:
+    """Builds stores that share one namespace (file, prefix or instance)."""
+
+    name = "memory"
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self._memory: MemoryStore | None = None
+
+    def make(self) -> Store:
+        """Another store over the same data (the memory backend has only one)."""
+        if self._memory is None:
+            self._memory = MemoryStore(clock=self.clock)
+        return self._memory
+
+    @property
+    def shares_instance(self) -> bool:
+        """True when make() returns the same object (no separate connections to race)."""
+        return True
+
+    async def set_schema_version(self, version: int) -> None:
+        """Pretend a newer taskwarden migrated the database."""
+        raise NotImplementedError
+
+    async def cleanup(self) -> None:
+        """Drop what this namespace left behind."""
+
+
+BACKENDS: list[Any] = ["memory"]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock that only moves when the test says so."""
+    return FakeClock(wall_start=T0)
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(
+    request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path
+) -> AsyncIterator[Backend]:
+    """One backend, fresh namespace per test."""
+    factory: Callable[..., Backend] = BACKEND_FACTORIES[request.param]
+    made = factory(clock=clock, tmp_path=tmp_path, request=request)
+    try:
+        yield made
+    finally:
+        await made.cleanup()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    """An open store of the backend under test."""
+    async with backend.make() as opened:
+        yield opened
+
+
+def _memory_backend(*, clock: FakeClock, **_: Any) -> Backend:
+    return Backend(clock)
+
+
+BACKEND_FACTORIES: dict[str, Callable[..., Backend]] = {"memory": _memory_backend}
+
+_ids = itertools.count()
+
+
+def rec(process_id: str | None = None, **fields: Any) -> ProcessRecord:
+    """A record with sensible defaults."""
+    pid = process_id or f"p{next(_ids)}"
+    fields.setdefault("name", pid.upper())
+    fields.setdefault("created_at", T0)
+    return ProcessRecord(process_id=pid, **fields)
+
+
+def run_record(**fields: Any) -> RunRecord:
+    """A finished run with sensible defaults."""
+    fields.setdefault("index", None)
+    fields.setdefault("operation_id", uuid.uuid4().hex)
+    fields.setdefault("name", "job")
+    fields.setdefault("kind", "process")
+    fields.setdefault("status", OperationStatus.COMPLETED)
+    fields.setdefault("started_at", T0)
+    fields.setdefault("ended_at", T0 + timedelta(seconds=2))
+    fields.setdefault("duration", 2.0)
+    return RunRecord(**fields)
+
+
+async def put(store: Store, state: ProcessState = S.IDLE, **fields: Any) -> ProcessRecord:
+    """Create a record directly in ``state``."""
+    return await store.create(rec(state=state, **fields))
+
+
+def comparable(record: ProcessRecord) -> dict[str, Any]:
+    """A record's document without the store-maintained updated_at."""
+    doc = record.to_document()
+    doc.pop("updatedAt")
+    return doc
+
+
+# -- life cycle ---------------------------------------------------------------------------
+
+
+async def test_verbs_on_a_closed_store_raise_store_error(backend: Backend) -> None:
+    """Using a store before open() is a clear StoreError, not a driver crash."""
+    store = backend.make()
+    with pytest.raises(StoreError):
+        await store.get("x")
+
+
+async def test_open_twice_and_close_twice_are_harmless(backend: Backend) -> None:
+    """open() on an open store and close() on a closed one are no-ops."""
+    store = backend.make()
+    await store.open()
+    await store.open()
+    await store.create(rec("a"))
+    await store.close()
+    await store.close()
+    async with backend.make() as again:
+        assert await again.get("a") is not None
+
+
+# -- create / get / update_definition -----------------------------------------------------
+
+
+async def test_create_then_get_returns_every_field_as_given(store: Store) -> None:
+    """A record survives the store with every field intact."""
+    record = rec(
+        "full",
+        description="desc",
+        params={"n": 1, "nested": {"list": [1, "two", None, True]}},
+        metadata={"customer": "2", "tier": 3},
+        parent_id="root",
+        root_id="root",
+        depth=1,
+        order=7,
+        cancellable=False,
+        adhoc=True,
+        ephemeral=True,
+        special=True,
+        warning="are you sure?",
+        schedule="*/5 * * * *",
+        state=S.FAILED,
+        error="kaput",
+        running_since=T0,
+        done_at=None,
+        duration=0.25,
+        failed_at=T0 + timedelta(microseconds=1),
+        stopped_at=T0,
+        progress_percent=12.5,
+        progress_message="half",
+        log=(
+            LogEntry(timestamp=T0, level=LogLevel.EVENT, message="start"),
+            LogEntry(timestamp=T0, level=LogLevel.DEBUG, message="d", data={"k": [1, 2]}),
+        ),
+        run_number=4,
+        lease_owner="w1",
+        lease_expires_at=T0 + timedelta(seconds=30),
+        last_cron_tick=T0,
+        resumable=True,
+    )
+    created = await store.create(record)
+    got = await store.get("full")
+    assert got is not None
+    assert comparable(got) == comparable(record)
+    assert comparable(created) == comparable(record)
+    assert got == dataclasses.replace(record, updated_at=got.updated_at)
+
+
+async def test_get_of_a_missing_id_is_none(store: Store) -> None:
+    """get() answers None rather than raising."""
+    assert await store.get("nope") is None
+
+
+async def test_create_refuses_an_existing_id(store: Store) -> None:
+    """A duplicate process id is an InvalidDefinition, and the first record stays."""
+    await store.create(rec("dup", name="first"))
+    with pytest.raises(InvalidDefinition):
+        await store.create(rec("dup", name="second"))
+    got = await store.get("dup")
+    assert got is not None and got.name == "first"
+
+
+async def test_create_refuses_params_that_are_not_json(store: Store) -> None:
+    """Non-JSON params are refused up front, on every backend alike."""
+    with pytest.raises(InvalidDefinition):
+        await store.create(rec("bad", params={"x": object()}))
+    assert await store.get("bad") is None
+
+
+async def test_concurrent_creates_of_one_id_let_exactly_one_win(backend: Backend) -> None:
+    """Of many concurrent creates of one id, exactly one succeeds."""
+    async with backend.make() as a, backend.make() as b:
+        results = await asyncio.gather(
+            *(s.create(rec("race")) for s in [a, b] * 5), return_exceptions=True
+        )
+    assert sum(isinstance(r, ProcessRecord) for r in results) == 1
+    assert all(isinstance(r, ProcessRecord | InvalidDefinition) for r in results)
+
+
+async def test_update_definition_changes_definition_and_keeps_runtime(store: Store) -> None:
+    """update_definition never touches state, status, progress, log or lease."""
+    await put(
+        store,
+        S.RUNNING,
+        process_id="d",
+        metadata={"a": 1},
+        progress_percent=50.0,
+        run_number=2,
+        lease_owner="w",
+        lease_expires_at=T0,
+        running_since=T0,
+        log=(LogEntry(timestamp=T0, level=LogLevel.INFO, message="m"),),
+    )
+    updated = await store.update_definition(
+        "d",
+        name="New",
+        description="nd",
+        params={"p": 2},
+        metadata={"b": "x"},
+        order=5,
+        cancellable=False,
+        special=True,
+        warning="w!",
+        schedule="0 * * * *",
+        resumable=True,
+        ephemeral=True,
+        adhoc=True,
+    )
+    got = await store.get("d")
+    assert got == updated
+    assert (got.name, got.description, got.params, got.metadata) == (
+        "New",
+        "nd",
+        {"p": 2},
+        {"b": "x"},
+    )
+    assert (got.order, got.cancellable, got.special, got.warning) == (5, False, True, "w!")
+    assert (got.schedule, got.resumable, got.ephemeral, got.adhoc) == (
+        "0 * * * *",
+        True,
+        True,
+        True,
+    )
+    assert got.state is S.RUNNING
+    assert (got.progress_percent, got.run_number, got.lease_owner) == (50.0, 2, "w")
+    assert got.running_since == T0 and len(got.log) == 1
+
+
+async def test_update_definition_refuses_runtime_fields(store: Store) -> None:
+    """Runtime fields cannot sneak in through update_definition."""
+    await put(store, process_id="d")
+    for field in ("state", "error", "lease_owner", "log", "process_id"):
+        with pytest.raises(InvalidDefinition):
+            await store.update_definition("d", **{field: None})
+
+
+async def test_update_definition_of_a_missing_id_raises(store: Store) -> None:
+    """ProcessNotFound, not a silent no-op."""
+    with pytest.raises(ProcessNotFound):
+        await store.update_definition("ghost", name="x")
+
+
+# -- list / children ----------------------------------------------------------------------
+
+
+async def _tree(store: Store) -> None:
+    await put(store, process_id="r1", order=1, metadata={"customer": "2", "n": 1, "on": True})
+    await put(store, process_id="r0", order=0, state=S.DONE, metadata={"customer": "3"})
+    await put(
+        store,
+        process_id="r1/b",
+        parent_id="r1",
+        root_id="r1",
+        depth=1,
+        order=1,
+        metadata={"customer": "2", "n": 1.0},
+    )
+    await put(
+        store,
+        process_id="r1/a",
+        parent_id="r1",
+        root_id="r1",
+        depth=1,
+        order=0,
+        state=S.RUNNING,
+        metadata={"customer": "2", "on": 1},
+    )
+    await put(
+        store,
+        process_id="r1/a/x",
+        parent_id="r1/a",
+        root_id="r1",
+        depth=2,
+        order=0,
+        state=S.RUNNING,
+    )
+
+
+def _ids_of(records: list[ProcessRecord]) -> list[str]:
+    return [r.process_id for r in records]
+
+
+async def test_list_sorts_by_depth_then_order_then_id(store: Store) -> None:
+    """The seed's order: depth, order, then id."""
+    await _tree(store)
+    assert _ids_of(await store.list()) == ["r0", "r1", "r1/a", "r1/b", "r1/a/x"]
+
+
+async def test_list_filters_combine_with_and(store: Store) -> None:
+    """state (one or several), root_id, parent_id and metadata all narrow the result."""
+    await _tree(store)
+    assert _ids_of(await store.list(state=S.RUNNING)) == ["r1/a", "r1/a/x"]
+    assert _ids_of(await store.list(state=[S.DONE, S.IDLE])) == ["r0", "r1", "r1/b"]
+    assert _ids_of(await store.list(root_id="r1")) == ["r1", "r1/a", "r1/b", "r1/a/x"]
+    assert _ids_of(await store.list(parent_id="r1")) == ["r1/a", "r1/b"]
+    assert _ids_of(await store.list(root_id="r1", state=S.RUNNING, parent_id="r1")) == ["r1/a"]
+    assert _ids_of(await store.list(state=[])) == []
+
+
+async def test_list_metadata_filter_is_an_and_of_equalities(store: Store) -> None:
+    """Every key must equal; a number matches a number and a bool only a bool."""
+    await _tree(store)
+    assert _ids_of(await store.list(metadata={"customer": "2"})) == ["r1", "r1/a", "r1/b"]
+    assert _ids_of(await store.list(metadata={"customer": "2", "n": 1})) == ["r1", "r1/b"]
+    assert _ids_of(await store.list(metadata={"on": True})) == ["r1"]
+    assert _ids_of(await store.list(metadata={"on": 1})) == ["r1/a"]
+    assert _ids_of(await store.list(metadata={"customer": 2})) == []
+    assert _ids_of(await store.list(metadata={"missing": "x"})) == []
+
+
+async def test_list_refuses_non_scalar_metadata_filters(store: Store) -> None:
+    """A dict or None as a filter value is a ConfigurationError."""
+    with pytest.raises(ConfigurationError):
+        await store.list(metadata={"a": {"b": 1}})
+    with pytest.raises(ConfigurationError):
+        await store.list(metadata={"a": None})
+
+
+async def test_list_pages_with_a_keyset_cursor(store: Store) -> None:
+    """Pages follow each other without gaps or repeats, even when records are added."""
+    for i in range(25):
+        await put(store, process_id=f"k{i:02d}", order=i % 3)
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = await store.list(limit=10, cursor=cursor)
+        if not page:
+            break
+        seen.extend(_ids_of(page))
+        cursor = page[-1].cursor
+        if len(seen) == 10:
+            # Inserted before the cursor: must not shift the next page.
+            await put(store, process_id="a-late", order=0)
+    expected = sorted((f"k{i:02d}" for i in range(25)), key=lambda p: (int(p[1:]) % 3, p))
+    assert seen == expected
+
+
+async def test_list_limit_and_bad_cursor(store: Store) -> None:
+    """limit=0 gives nothing; a malformed cursor or negative limit is a ConfigurationError."""
+    await _tree(store)
+    assert await store.list(limit=0) == []
+    assert len(await store.list(limit=2)) == 2
+    with pytest.raises(ConfigurationError):
+        await store.list(cursor="garbage")
+    with pytest.raises(ConfigurationError):
+        await store.list(limit=-1)
+
+
+async def test_children_are_the_direct_children_in_order(store: Store) -> None:
+    """children() returns only the next level, by order then id."""
+    await _tree(store)
+    assert _ids_of(await store.children("r1")) == ["r1/a", "r1/b"]
+    assert _ids_of(await store.children("r1/a")) == ["r1/a/x"]
+    assert await store.children("r0") == []
+    assert await store.children("ghost") == []
+
+
+# -- delete -------------------------------------------------------------------------------
+
+
+async def test_delete_removes_one_record(store: Store) -> None:
+    """delete() removes the record and says so; a missing one returns False."""
+    await _tree(store)
+    assert await store.delete("r0") is True
+    assert await store.get("r0") is None
+    assert await store.delete("r0") is False
+
+
+async def test_delete_only_if_states_is_atomic_check_and_delete(store: Store) -> None:
+    """With only_if_states the record goes only while in one of them."""
+    await _tree(store)
+    assert await store.delete("r1/a", only_if_states=[S.IDLE, *END_STATES]) is False
+    assert await store.get("r1/a") is not None
+    assert await store.delete("r0", only_if_states=[S.DONE]) is True
+
+
+async def test_delete_with_descendants_removes_the_subtree(store: Store) -> None:
+    """descendants=True takes the whole subtree; other trees stay."""
+    await _tree(store)
+    assert await store.delete("r1", descendants=True) is True
+    assert _ids_of(await store.list()) == ["r0"]
+
+
+async def test_delete_descendants_keeps_the_process(store: Store) -> None:
+    """delete_descendants() counts and removes every level below, not the process."""
+    await _tree(store)
+    assert await store.delete_descendants("r1") == 3
+    assert _ids_of(await store.list()) == ["r0", "r1"]
+    assert await store.delete_descendants("r1") == 0
+    assert await store.delete_descendants("ghost") == 0
+
+
+async def test_delete_descendants_of_a_mid_node(store: Store) -> None:
+    """Only the subtree below the given node goes."""
+    await _tree(store)
+    assert await store.delete_descendants("r1/a") == 1
+    assert _ids_of(await store.list()) == ["r0", "r1", "r1/a", "r1/b"]
+
+
+# -- transition ---------------------------------------------------------------------------
+
+
+async def test_every_table_edge_succeeds_and_every_other_edge_is_refused(store: Store) -> None:
+    """The full 8x8 matrix: allowed edges move the state, others raise InvalidTransition."""
+    failures = []
+    for a, b in itertools.product(ProcessState, ProcessState):
+        pid = f"m-{a.value}-{b.value}"
+        await put(store, a, process_id=pid)
+        allowed = b in TRANSITIONS[a]
+        try:
+            result = await store.transition(pid, [a], b)
+        except InvalidTransition:
+            if allowed:
+                failures.append(f"{a}->{b} refused")
+            got = await store.get(pid)
+            assert got is not None and got.state is a
+        else:
+            if not allowed:
+                failures.append(f"{a}->{b} accepted")
+            assert result.state is b
+            got = await store.get(pid)
+            assert got is not None and got.state is b
+    assert failures == []
+
+
+async def test_transition_refuses_a_record_in_another_state(store: Store) -> None:
+    """The compare fails: InvalidTransition names the state found, nothing changes."""
+    await put(store, S.DONE, process_id="t")
+    with pytest.raises(InvalidTransition) as info:
+        await store.transition("t", [S.SCHEDULED], S.RUNNING)
+    assert info.value.current == "done"
+    assert info.value.reason == "invalid-state"
+    got = await store.get("t")
+    assert got is not None and got.state is S.DONE
+
+
+async def test_transition_of_a_missing_record_raises_not_found(store: Store) -> None:
+    """ProcessNotFound for an unknown id."""
+    with pytest.raises(ProcessNotFound):
+        await store.transition("ghost", [S.IDLE], S.SCHEDULED)
+
+
+async def test_transition_validates_edges_and_fields_first(store: Store) -> None:
+    """An edge outside the table, empty expectations or a definition field are refused."""
+    await put(store, S.IDLE, process_id="t")
+    with pytest.raises(InvalidTransition):
+        await store.transition("t", [S.IDLE, S.RUNNING], S.SCHEDULED)
+    with pytest.raises(InvalidTransition):
+        await store.transition("t", [], S.SCHEDULED)
+    with pytest.raises(InvalidDefinition):
+        await store.transition("t", [S.IDLE], S.SCHEDULED, name="x")
+    got = await store.get("t")
+    assert got is not None and got.state is S.IDLE
+
+
+async def test_transition_sets_fields_in_the_same_write(store: Store) -> None:
+    """Runtime fields given to transition land with the new state."""
+    await put(store, S.RUNNING, process_id="t", running_since=T0)
+    entry = LogEntry(timestamp=T0, level=LogLevel.ERROR, message="bad", data={"e": 1})
+    done = await store.transition(
+        "t",
+        [S.RUNNING],
+        S.FAILED,
+        error="boom",
+        failed_at=T0 + timedelta(seconds=3),
+        duration=3.0,
+        progress_percent=None,
+        progress_message="stopped",
+        log=(entry,),
+    )
+    assert (done.state, done.error, done.duration) == (S.FAILED, "boom", 3.0)
+    assert done.failed_at == T0 + timedelta(seconds=3)
+    assert done.log == (entry,)
+    assert await store.get("t") == done
+
+
+async def test_entering_running_increments_run_number(store: Store) -> None:
+    """Each run gets the next number, atomically, unless one is given."""
+    await put(store, S.SCHEDULED, process_id="t", run_number=0)
+    first = await store.transition("t", [S.SCHEDULED], S.RUNNING)
+    assert first.run_number == 1
+    await store.transition("t", [S.RUNNING], S.DONE)
+    await store.transition("t", [S.DONE], S.SCHEDULED)
+    assert (await store.transition("t", [S.SCHEDULED], S.RUNNING)).run_number == 2
+    await store.transition("t", [S.RUNNING], S.DONE)
+    await store.transition("t", [S.DONE], S.SCHEDULED)
+    explicit = await store.transition("t", [S.SCHEDULED], S.RUNNING, run_number=10)
+    assert explicit.run_number == 10
+
+
+async def test_ending_or_idling_clears_the_lease(store: Store) -> None:
+    """A transition into an END state or idle drops lease_owner and lease_expires_at."""
+    lease = {"lease_owner": "w", "lease_expires_at": T0 + timedelta(seconds=9)}
+    await put(store, S.RUNNING, process_id="t", **lease)
+    running = await store.transition("t", [S.RUNNING], S.CANCEL_REQUESTED)
+    assert running.lease_owner == "w"
+    ended = await store.transition("t", [S.CANCEL_REQUESTED], S.FAILED)
+    assert (ended.lease_owner, ended.lease_expires_at) == (None, None)
+
+
+async def test_transition_with_expected_owner_refuses_a_lost_lease(store: Store) -> None:
+    """expected_owner makes the lease part of the compare."""
+    await put(store, S.RUNNING, process_id="t", lease_owner="w2", lease_expires_at=T0)
+    with pytest.raises(InvalidTransition):
+        await store.transition("t", [S.RUNNING], S.DONE, expected_owner="w1")
+    done = await store.transition("t", [S.RUNNING], S.DONE, expected_owner="w2")
+    assert done.state is S.DONE
+
+
+async def test_concurrent_transitions_let_exactly_one_win(backend: Backend) -> None:
+    """Many concurrent compare-and-sets on one record (over two stores): one winner."""
+    async with backend.make() as a, backend.make() as b:
+        await a.create(rec("race", state=S.IDLE))
+        for trial in range(5):
+            expected = [S.IDLE, S.DONE]
+            results = await asyncio.gather(
+                *(s.transition("race", expected, S.SCHEDULED) for s in [a, b] * 10),
+                return_exceptions=True,
+            )
+            winners = [r for r in results if isinstance(r, ProcessRecord)]
+            assert len(winners) == 1, f"trial {trial}: {results}"
+            assert all(isinstance(r, ProcessRecord | InvalidTransition) for r in results)
+            await a.transition("race", [S.SCHEDULED], S.RUNNING)
+            await b.transition("race", [S.RUNNING], S.DONE)
+        got = await a.get("race")
+        assert got is not None and got.run_number == 5
+
+
+# -- progress -----------------------------------------------------------------------------
+
+
+def _entries(n: int, start: int = 0) -> list[LogEntry]:
+    return [
+        LogEntry(timestamp=T0 + timedelta(seconds=i), level=LogLevel.INFO, message=f"m{i}")
+        for i in range(start, start + n)
+    ]
+
+
+async def test_update_progress_sets_progress_and_appends_the_log(store: Store) -> None:
+    """One call sets percent and message and appends entries in order."""
+    await put(store, S.RUNNING, process_id="p")
+    await store.update_progress("p", 10.0, "ten", _entries(2))
+    await store.update_progress("p", None, None, _entries(1, start=2))
+    got = await store.get("p")
+    assert got is not None
+    assert (got.progress_percent, got.progress_message) == (None, None)
+    assert [e.message for e in got.log] == ["m0", "m1", "m2"]
+    await store.update_progress("p", 55.5, "more")
+    got = await store.get("p")
+    assert got is not None and (got.progress_percent, len(got.log)) == (55.5, 3)
+
+
+async def test_update_progress_keeps_only_the_newest_max_log(store: Store) -> None:
+    """The log is bounded: the oldest entries go first."""
+    await put(store, S.RUNNING, process_id="p")
+    await store.update_progress("p", 1.0, None, _entries(4), max_log=5)
+    await store.update_progress("p", 2.0, None, _entries(4, start=4), max_log=5)
+    got = await store.get("p")
+    assert got is not None and [e.message for e in got.log] == [f"m{i}" for i in range(3, 8)]
+    await store.update_progress("p", 3.0, None, _entries(9, start=8), max_log=3)
+    got = await store.get("p")
+    assert got is not None and [e.message for e in got.log] == ["m14", "m15", "m16"]
+
+
+async def test_update_progress_of_a_missing_record_raises(store: Store) -> None:
+    """ProcessNotFound, not a silent no-op."""
+    with pytest.raises(ProcessNotFound):
+        await store.update_progress("ghost", 1.0, None)
+
+
+# -- leases -------------------------------------------------------------------------------
+
+
+async def test_claim_takes_scheduled_processes_without_a_live_lease(
+    store: Store, clock: FakeClock
+) -> None:
+    """Only scheduled, unleased (or expired) processes are claimed, oldest first, up to limit."""
+    await put(store, S.IDLE, process_id="idle")
+    await put(store, S.RUNNING, process_id="running")
+    await put(
+        store,
+        S.SCHEDULED,
+        process_id="held",
+        lease_owner="x",
+        lease_expires_at=T0 + timedelta(seconds=5),
+    )
+    for i in range(3):
+        await put(store, S.SCHEDULED, process_id=f"s{i}")
+    claimed = await store.claim("w1", lease_seconds=10, limit=2)
+    assert _ids_of(claimed) == ["s0", "s1"]
+    assert all(r.lease_owner == "w1" for r in claimed)
+    assert all(r.lease_expires_at == T0 + timedelta(seconds=10) for r in claimed)
+    assert _ids_of(await store.claim("w2", lease_seconds=10, limit=10)) == ["s2"]
+    assert await store.claim("w2", lease_seconds=10, limit=10) == []
+    clock.advance(5)
+    assert _ids_of(await store.claim("w3", lease_seconds=10, limit=10)) == ["held"]
+
+
+async def test_concurrent_claimers_never_share_a_process(backend: Backend) -> None:
+    """The union of concurrent claims is every scheduled process, each exactly once."""
+    async with backend.make() as a, backend.make() as b:
+        for i in range(60):
+            await a.create(rec(f"c{i:02d}", state=S.SCHEDULED))
+
+        async def drain(store: Store, worker: str) -> list[str]:
+            got: list[str] = []
+            while batch := await store.claim(worker, lease_seconds=60, limit=3):
+                got.extend(_ids_of(batch))
+            return got
+
+        results = await asyncio.gather(drain(a, "wa"), drain(b, "wb"), drain(a, "wc"))
+        everything = [pid for result in results for pid in result]
+        assert sorted(everything) == [f"c{i:02d}" for i in range(60)]
+        for worker, result in zip(["wa", "wb", "wc"], results, strict=True):
+            for pid in result:
+                got = await a.get(pid)
+                assert got is not None and got.lease_owner == worker
+
+
+async def test_renew_extends_only_the_workers_own_live_leases(
+    store: Store, clock: FakeClock
+) -> None:
+    """renew_leases returns what it renewed; others' and ended processes are left out."""
+    for i in range(3):
+        await put(store, S.SCHEDULED, process_id=f"s{i}")
+    await store.claim("w1", lease_seconds=10, limit=2)
+    await store.claim("w2", lease_seconds=10, limit=1)
+    await store.transition("s0", [S.SCHEDULED], S.RUNNING)
+    clock.advance(8)
+    renewed = await store.renew_leases("w1", ["s0", "s1", "s2", "ghost"], lease_seconds=10)
+    assert sorted(renewed) == ["s0", "s1"]
+    got = await store.get("s0")
+    assert got is not None and got.lease_expires_at == T0 + timedelta(seconds=18)
+    other = await store.get("s2")
+    assert other is not None and other.lease_expires_at == T0 + timedelta(seconds=10)
+    await store.transition("s0", [S.RUNNING], S.DONE)
+    assert await store.renew_leases("w1", ["s0"], lease_seconds=10) == []
+
+
+async def test_release_clears_only_the_workers_leases(store: Store) -> None:
+    """release() gives processes back for another claim."""
+    for i in range(2):
+        await put(store, S.SCHEDULED, process_id=f"s{i}")
+    await store.claim("w1", lease_seconds=10, limit=1)
+    await store.claim("w2", lease_seconds=10, limit=1)
+    assert await store.release("w1", ["s0", "s1"]) == ["s0"]
+    assert _ids_of(await store.claim("w3", lease_seconds=10, limit=5)) == ["s0"]
+
+
+async def test_expire_leases_returns_expired_active_processes_once(
+    store: Store, clock: FakeClock
+) -> None:
+    """Expired leases on active processes are cleared and returned, exactly once."""
+    for i in range(3):
+        await put(store, S.SCHEDULED, process_id=f"s{i}")
+    await store.claim("w1", lease_seconds=10, limit=2)
+    await store.claim("w2", lease_seconds=30, limit=1)
+    await store.transition("s0", [S.SCHEDULED], S.RUNNING)
+    assert await store.expire_leases() == []
+    clock.advance(10)
+    expired = await store.expire_leases()
+    assert sorted(_ids_of(expired)) == ["s0", "s1"]
+    assert all(r.lease_owner is None and r.lease_expires_at is None for r in expired)
+    running = await store.get("s0")
+    assert running is not None and running.state is S.RUNNING and running.lease_owner is None
+    assert await store.expire_leases() == []
+    assert await store.renew_leases("w1", ["s0"], lease_seconds=10) == []
+    assert _ids_of(await store.expire_leases(T0 + timedelta(seconds=31))) == ["s2"]
+
+
+async def test_concurrent_expiry_hands_each_lease_to_one_caller(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """Two recoverers racing see disjoint sets."""
+    async with backend.make() as a, backend.make() as b:
+        for i in range(20):
+            await a.create(rec(f"s{i:02d}", state=S.SCHEDULED))
+        await a.claim("dead", lease_seconds=1, limit=20)
+        clock.advance(2)
+        results = await asyncio.gather(*(s.expire_leases() for s in [a, b, a, b]))
+    ids = [pid for result in results for pid in _ids_of(result)]
+    assert sorted(ids) == [f"s{i:02d}" for i in range(20)]
+
+
+# -- cron ---------------------------------------------------------------------------------
+
+
+async def test_mark_cron_tick_is_true_once_per_tick(backend: Backend) -> None:
+    """Of many engines marking one tick at once, exactly one gets True."""
+    async with backend.make() as a, backend.make() as b:
+        await a.create(rec("cron"))
+        tick = T0 + timedelta(minutes=5)
+        results = await asyncio.gather(*(s.mark_cron_tick("cron", tick) for s in [a, b] * 5))
+        assert results.count(True) == 1
+        assert await a.mark_cron_tick("cron", tick) is False
+        assert await b.mark_cron_tick("cron", tick - timedelta(minutes=1)) is False
+        assert await b.mark_cron_tick("cron", tick + timedelta(minutes=1)) is True
+        got = await a.get("cron")
+        assert got is not None and got.last_cron_tick == tick + timedelta(minutes=1)
+
+
+async def test_mark_cron_tick_of_a_missing_record_raises(store: Store) -> None:
+    """ProcessNotFound, not False: a missing process is a bug to surface."""
+    with pytest.raises(ProcessNotFound):
+        await store.mark_cron_tick("ghost", T0)
+
+
+# -- history ------------------------------------------------------------------------------
+
+
+async def test_record_run_assigns_increasing_indexes(store: Store) -> None:
+    """record_run returns the run with its position in the history."""
+    first = await store.record_run(run_record())
+    second = await store.record_run(run_record())
+    assert first.index is not None and second.index is not None
+    assert second.index > first.index
+
+
+async def test_query_history_filters_newest_first(store: Store) -> None:
+    """Filters by process, name, status and start time; newest first; limit."""
+    await store.record_run(run_record(process_id="a", run_number=1, name="A"))
+    await store.record_run(
+        run_record(
+            process_id="a",
+            run_number=2,
+            name="A",
+            status=OperationStatus.FAILED,
+            error="ValueError('x')",
+            traceback="Traceback...",
+            started_at=T0 + timedelta(hours=1),
+        )
+    )
+    await store.record_run(run_record(process_id="b", run_number=1, name="B"))
+    assert [r.run_number for r in await store.query_history(process_id="a")] == [2, 1]
+    assert [r.process_id for r in await store.query_history()] == ["b", "a", "a"]
+    assert [r.name for r in await store.query_history(name="B")] == ["B"]
+    failed = await store.query_history(status=OperationStatus.FAILED)
+    assert [(r.run_number, r.error, r.traceback) for r in failed] == [
+        (2, "ValueError('x')", "Traceback...")
+    ]
+    since = await store.query_history(since=T0 + timedelta(minutes=30))
+    assert [r.run_number for r in since] == [2]
+    assert len(await store.query_history(limit=2)) == 2
+
+
+async def test_history_keeps_every_field_and_survives_a_reopen(backend: Backend) -> None:
+    """A run read back after closing and reopening the store equals the one recorded."""
+    run = run_record(
+        process_id="p",
+        run_number=3,
+        status=OperationStatus.CANCELLED,
+        result="None",
+        cancel_reason=None,
+        cancel_message="user asked",
+        parent_id="parent",
+        metadata={"customer": "2", "n": [1, 2]},
+        ended_at=None,
+        duration=None,
+    )
+    async with backend.make() as store:
+        recorded = await store.record_run(run)
+    async with backend.make() as store:
+        got = await store.query_history(process_id="p")
+    assert got == [recorded]
+    assert recorded == dataclasses.replace(run, index=recorded.index)
+
+
+async def test_records_survive_a_reopen(backend: Backend) -> None:
+    """Process records persist across close and open (on the memory store: same instance)."""
+    async with backend.make() as store:
+        created = await store.create(rec("keep", params={"a": 1}))
+    async with backend.make() as store:
+        assert await store.get("keep") == created
+
+
+# -- migrations ---------------------------------------------------------------------------
+
+
+async def test_opening_again_applies_no_migration_twice(backend: Backend) -> None:
+    """Migrations are idempotent: many opens, data intact."""
+    async with backend.make() as store:
+        await store.create(rec("m"))
+    for _ in range(3):
+        async with backend.make() as store:
+            assert await store.get("m") is not None
+
+
+async def test_a_newer_schema_refuses_to_open(backend: Backend) -> None:
+    """A database migrated by a newer taskwarden raises SchemaError on open."""
+    if backend.name == "memory":
+        pytest.skip("the memory store has no schema")
+    async with backend.make():
+        pass
+    await backend.set_schema_version(999)
+    store = backend.make()
+    with pytest.raises(SchemaError):
+        await store.open()
+    await store.close()
