@@ -27,7 +27,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 from taskwarden.errors import ConfigurationError
 from taskwarden.model import OperationContext, OperationStatus, RunRecord
@@ -98,6 +98,7 @@ class ExecutionHistory:
     __slots__ = (
         "_buffer",
         "_by_name",
+        "_first_index",
         "_lock",
         "_max_entries",
         "_names",
@@ -116,12 +117,15 @@ class ExecutionHistory:
         self._max_entries = max_entries
         self._lock = threading.Lock()
         # A ring: run ``i`` lives in slot ``i % max_entries``. It grows by appending until
-        # full, then each new run overwrites the oldest, so lookups by index are O(1).
-        self._buffer: list[OperationContext] = []
+        # full, then each new run overwrites the oldest, so lookups by index are O(1). The
+        # kept runs are the indexes ``_first_index`` to ``_next_index - 1``; slots before
+        # ``_first_index`` hold None once prune() dropped them.
+        self._buffer: list[OperationContext | None] = []
         # The name each slot was recorded under, so eviction finds the right per-name
         # bucket even if a context is renamed after it was recorded.
         self._names: list[str] = []
         self._by_name: dict[str, deque[OperationContext]] = {}
+        self._first_index = 0
         self._next_index = 0
         self._sinks: tuple[HistorySink, ...] = ()
         self._sink_errors = 0
@@ -162,11 +166,13 @@ class ExecutionHistory:
                 evicted_name = self._names[slot]
                 self._buffer[slot] = context
                 self._names[slot] = name
-                # The evicted run is the oldest of all, hence the oldest of its name.
-                evicted_bucket = by_name[evicted_name]
-                evicted_bucket.popleft()
-                if not evicted_bucket:
-                    del by_name[evicted_name]
+                if index - self._first_index >= capacity:
+                    # The evicted run is the oldest of all, hence the oldest of its name.
+                    self._first_index += 1
+                    evicted_bucket = by_name[evicted_name]
+                    evicted_bucket.popleft()
+                    if not evicted_bucket:
+                        del by_name[evicted_name]
             sinks = self._sinks
         if sinks:
             self._notify(context, sinks)
@@ -244,15 +250,20 @@ class ExecutionHistory:
     def __len__(self) -> int:
         """How many runs are kept now."""
         with self._lock:
-            return len(self._buffer)
+            return self._next_index - self._first_index
 
     def _ordered(self) -> list[OperationContext]:
         """Every kept run, oldest first; the caller holds the lock."""
         buffer = self._buffer
-        if self._next_index <= self._max_entries:
-            return buffer.copy()
-        head = self._next_index % self._max_entries
-        return buffer[head:] + buffer[:head]
+        count = self._next_index - self._first_index
+        start = self._first_index % self._max_entries
+        end = start + count
+        kept = (
+            buffer[start:end]
+            if end <= len(buffer)
+            else buffer[start:] + buffer[: end - len(buffer)]
+        )
+        return cast("list[OperationContext]", kept)  # kept slots never hold None
 
     def get_all(self) -> list[OperationContext]:
         """Every kept run, oldest first, in a new list the caller may change freely."""
@@ -271,14 +282,14 @@ class ExecutionHistory:
         Indexes are identities, not positions: a negative index finds nothing.
         """
         with self._lock:
-            if not self._next_index - len(self._buffer) <= index < self._next_index:
+            if not self._first_index <= index < self._next_index:
                 return None
             return self._buffer[index % self._max_entries]
 
     def get_latest(self) -> OperationContext | None:
         """The most recently recorded run, or None when the history is empty."""
         with self._lock:
-            if not self._buffer:
+            if self._next_index == self._first_index:
                 return None
             return self._buffer[(self._next_index - 1) % self._max_entries]
 
@@ -308,10 +319,12 @@ class ExecutionHistory:
                 candidates = list(bucket) if bucket is not None else []
             elif wanted is None and cutoff is None and limit is not None:
                 # Unfiltered and capped: copy only what is returned.
-                count = min(limit, len(self._buffer))
+                count = min(limit, self._next_index - self._first_index)
                 capacity = self._max_entries
                 newest = self._next_index - 1
-                return [self._buffer[(newest - i) % capacity] for i in range(count)]
+                buffer = self._buffer
+                newest_first = [buffer[(newest - i) % capacity] for i in range(count)]
+                return cast("list[OperationContext]", newest_first)
             else:
                 candidates = self._ordered()
         # Filter outside the lock: recording never waits for a scan.
@@ -326,12 +339,42 @@ class ExecutionHistory:
                 break
         return matches
 
+    def prune(self, ended_before: float | datetime | None = None) -> int:
+        """Drop the oldest runs that ended before ``ended_before`` (all runs if None).
+
+        Runs are dropped oldest first and pruning stops at the first run that ended at or
+        after the cutoff, so the kept runs stay a contiguous range of indexes; a run recorded
+        out of end-time order may outlive the cutoff until the runs before it go. Unlike
+        :meth:`clear`, indexes are not reused. Returns how many runs were dropped.
+        """
+        cutoff = None if ended_before is None else _parse_since(ended_before, "ended_before")
+        with self._lock:
+            buffer, names, by_name = self._buffer, self._names, self._by_name
+            capacity = self._max_entries
+            first, stop = self._first_index, self._next_index
+            while first < stop:
+                slot = first % capacity
+                context = buffer[slot]
+                assert context is not None  # kept slots always hold a run
+                if cutoff is not None and _end_or_start(context) >= cutoff:
+                    break
+                buffer[slot] = None
+                bucket = by_name[names[slot]]
+                bucket.popleft()
+                if not bucket:
+                    del by_name[names[slot]]
+                first += 1
+            dropped = first - self._first_index
+            self._first_index = first
+        return dropped
+
     def clear(self) -> None:
         """Forget every run and restart indexes at 0 (sinks and their error count stay)."""
         with self._lock:
             self._buffer = []
             self._names = []
             self._by_name = {}
+            self._first_index = 0
             self._next_index = 0
 
     # -- display ---------------------------------------------------------------------------
@@ -435,9 +478,12 @@ class ExecutionHistory:
         table.add_column("Result / Exception", overflow="fold")
         for context in contexts:
             table.add_row(*_row(context))
-        dropped = self.total_recorded - len(self)
-        if dropped > 0 and not name and index is None:
-            table.caption = f"{dropped} older run(s) dropped to keep the last {self.max_entries}"
+        kept, total = len(self), self.total_recorded
+        if kept < total and not name and index is None:
+            table.caption = (
+                f"{kept} of {total} recorded runs kept (at most {self.max_entries}, "
+                "oldest dropped first)"
+            )
         out.print(table)
 
 
@@ -453,17 +499,17 @@ def _parse_status(status: OperationStatus | str, *, allow_all: bool) -> Operatio
     return _STATUS_ALIASES[key]
 
 
-def _parse_since(since: float | datetime) -> float:
+def _parse_since(since: float | datetime, argument: str = "since") -> float:
     if isinstance(since, datetime):
         if since.tzinfo is None or since.utcoffset() is None:
             raise ConfigurationError(
-                f"since={since!r} is a naive datetime: pass a timezone-aware one "
+                f"{argument}={since!r} is a naive datetime: pass a timezone-aware one "
                 "(e.g. datetime.now(UTC)) or a UNIX timestamp"
             )
         return since.timestamp()
     if isinstance(since, bool) or not isinstance(since, int | float):
         raise ConfigurationError(
-            f"since must be a UNIX timestamp or an aware datetime, got {since!r}"
+            f"{argument} must be a UNIX timestamp or an aware datetime, got {since!r}"
         )
     return float(since)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -69,9 +70,10 @@ def table_rows(output: str) -> dict[int, str]:
     """The table's data lines keyed by their index column."""
     rows: dict[int, str] = {}
     for line in output.splitlines():
-        first = line.strip().split(" ", 1)[0]
-        if first.isdigit():
-            rows[int(first)] = line
+        # Cells are padded apart by two spaces or more; a caption's words by one.
+        match = re.match(r"\s*(\d+)\s{2,}\S", line)
+        if match:
+            rows[int(match.group(1))] = line
     return rows
 
 
@@ -219,6 +221,77 @@ def test_default_bound_is_10000_and_invalid_bounds_are_refused() -> None:
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ConfigurationError, match="max_entries"):
             ExecutionHistory(max_entries=bad)  # type: ignore[arg-type]
+
+
+def test_prune_without_cutoff_drops_every_run_but_never_reuses_indexes() -> None:
+    history = ExecutionHistory()
+    for i in range(3):
+        history.record(finished(f"op{i}"))
+    assert history.prune() == 3
+    assert len(history) == 0
+    assert history.get_all() == []
+    assert history.get_latest() is None
+    assert history.get_by_name("op0") == []
+    assert history.get_by_index(0) is None
+    later = finished("later")
+    assert history.record(later) == 3
+    assert history.get_all() == [later]
+    assert history.get_by_index(3) is later
+
+
+def test_prune_drops_the_oldest_runs_that_ended_before_the_cutoff() -> None:
+    history = ExecutionHistory()
+    base = 1_700_000_000.0
+    contexts = [finished(n, start=base + 10 * i, duration=1) for i, n in enumerate("abab")]
+    for context in contexts:
+        history.record(context)
+    # Ends: 1, 11, 21, 31 after base.
+    assert history.prune(ended_before=base + 21) == 2
+    assert history.get_all() == contexts[2:]
+    assert history.get_by_name("a") == [contexts[2]]
+    assert history.get_by_name("b") == [contexts[3]]
+    assert history.get_by_index(1) is None
+    assert history.get_by_index(2) is contexts[2]
+    cutoff = datetime.fromtimestamp(base + 100, UTC)
+    assert history.prune(ended_before=cutoff) == 2
+    assert len(history) == 0
+    with pytest.raises(ConfigurationError, match="ended_before"):
+        history.prune(ended_before=datetime(2026, 1, 1))
+
+
+def test_prune_stops_at_the_first_run_that_ended_after_the_cutoff() -> None:
+    history = ExecutionHistory()
+    base = 1_700_000_000.0
+    old = finished("old", start=base, duration=1)
+    new = finished("new", start=base + 50, duration=1)
+    late_old = finished("late-old", start=base, duration=2)  # recorded after a newer run
+    for context in (old, new, late_old):
+        history.record(context)
+    assert history.prune(ended_before=base + 10) == 1
+    assert history.get_all() == [new, late_old]  # kept indexes stay contiguous
+
+
+@pytest.mark.parametrize("prune_before_full", [True, False])
+def test_recording_after_prune_refills_the_ring_and_evicts_correctly(
+    prune_before_full: bool,
+) -> None:
+    history = ExecutionHistory(max_entries=3)
+    contexts = [finished(f"op{i}", start=1_700_000_000.0 + i) for i in range(8)]
+    recorded = 2 if prune_before_full else 3
+    for context in contexts[:recorded]:
+        history.record(context)
+    history.prune(ended_before=contexts[recorded - 1].end_time)  # all but the newest
+    assert history.get_all() == [contexts[recorded - 1]]
+    for context in contexts[recorded:]:
+        history.record(context)
+    assert history.get_all() == contexts[5:]
+    assert len(history) == 3
+    assert history.get_by_index(4) is None
+    assert all(history.get_by_index(i) is contexts[i] for i in range(5, 8))
+    assert history.query(limit=2) == [contexts[7], contexts[6]]
+    for i in range(8):
+        assert history.get_by_name(f"op{i}") == ([contexts[i]] if i >= 5 else [])
+    assert sorted(history._by_name) == ["op5", "op6", "op7"]
 
 
 # -- lookups ------------------------------------------------------------------------------
@@ -372,10 +445,18 @@ def test_a_sink_returning_a_coroutine_is_refused_without_an_unawaited_warning(
 
 
 def test_a_sink_may_read_the_history_without_deadlocking() -> None:
+    """Sinks run outside the lock; a deadlock shows as a bounded wait that fails."""
     history = ExecutionHistory()
     seen: list[int] = []
     history.add_sink(lambda run: seen.append(len(history.get_all())))
-    history.record(finished("job"))
+    done = threading.Event()
+
+    def record() -> None:
+        history.record(finished("job"))
+        done.set()
+
+    threading.Thread(target=record, daemon=True).start()
+    assert done.wait(timeout=10), "record() deadlocked calling a sink that reads the history"
     assert seen == [1]
 
 
@@ -511,7 +592,7 @@ def test_summary_notes_dropped_runs_in_the_caption() -> None:
     console, out = capture()
     history.summary(console=console)
     assert sorted(table_rows(out.getvalue())) == [3, 4]
-    assert "3 older run(s) dropped to keep the last 2" in out.getvalue()
+    assert "2 of 5 recorded runs kept (at most 2, oldest dropped first)" in out.getvalue()
 
 
 def test_summary_shows_user_data_literally_instead_of_parsing_markup() -> None:
