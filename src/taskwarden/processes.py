@@ -231,6 +231,10 @@ class ProcessRecord:
         """True for a process without a parent."""
         return self.parent_id is None
 
+    def __getitem__(self, key: str) -> Any:
+        """Read a field of :meth:`to_document` (seed compatibility: ``proc["status"]["state"]``)."""
+        return self.to_document()[key]
+
     @property
     def cursor(self) -> str:
         """An opaque keyset cursor: pass it to ``Store.list(cursor=...)`` for the next page."""
