@@ -244,7 +244,8 @@ def targets_table(rows: Rows, n: int) -> list[str]:
         spread_text = "-" if spread is None else f"{spread[0]:.2f}-{spread[1]:.2f}"
         label = target.label.format(n=f"{n:,}")
         lines.append(
-            f"| {label} ({target.measured} / {target.baseline}) | {fmt(value)}x | "
+            f"| {label} ({target.measured} / {target.baseline}) | "
+            f"{'-' if value is None else fmt(value) + 'x'} | "
             f"{spread_text} | {bound} | **{verdict}** | "
             f"{'-' if peer is None else fmt(peer) + 'x'} |"
         )
@@ -272,60 +273,68 @@ def report(args: argparse.Namespace, cases: list[str], rows: Rows, started: str)
         "## Targets (issue 2), as ratios within this run",
         "",
         *targets_table(rows, args.n),
-        "",
-        "## Sequential enter/exit around a no-op (us/op)",
-        "",
-        *family_table(rows, cases, "t_seq_", "case", "us_per_op", "t_seq_asyncio_timeout", 3),
-        "",
-        f"## {args.n:,} concurrent tasks, create -> all done (us/op)",
-        "",
-        *family_table(
-            rows,
-            cases,
-            "t_conc_",
-            "case",
-            "us_per_op",
-            "t_conc_gather",
-            2,
-            extra=(("peak RSS MiB", peak_mib),),
+    ]
+    sections = (
+        (
+            "## Sequential enter/exit around a no-op (us/op)",
+            family_table(rows, cases, "t_seq_", "case", "us_per_op", "t_seq_asyncio_timeout", 3),
         ),
-        "",
-        f"## Memory per pending operation ({args.n:,} parked on an asyncio.Event; RSS delta / N)",
-        "",
-        *family_table(
-            rows,
-            cases,
-            "m_",
-            "case",
-            "bytes_per_op",
-            "m_bare_task",
-            0,
-            extra=(
-                ("start us/op", lambda runs: fmt(median([r["start_us_per_op"] for r in runs]))),
-                (
-                    "end us/op (release or cancel_all)",
-                    lambda runs: fmt(median([r["end_us_per_op"] for r in runs])),
-                ),
-                ("peak RSS MiB", peak_mib),
+        (
+            f"## {args.n:,} concurrent tasks, create -> all done (us/op)",
+            family_table(
+                rows,
+                cases,
+                "t_conc_",
+                "case",
+                "us_per_op",
+                "t_conc_gather",
+                2,
+                extra=(("peak RSS MiB", peak_mib),),
             ),
         ),
-        "",
-        "## Cancel latency of a running operation: request -> its `finally` (us)",
-        "",
-        "Columns: p50 per run (median, min, max over repeats), then p99 (median over repeats).",
-        "",
-        *family_table(
-            rows,
-            cases,
-            "c_",
-            "case (p50)",
-            "p50_us",
-            "c_bare_task",
-            2,
-            extra=(("p99 median", lambda runs: fmt(median([r["p99_us"] for r in runs]))),),
+        (
+            f"## Memory per pending operation ({args.n:,} parked on an asyncio.Event; "
+            "RSS delta / N, bytes)",
+            family_table(
+                rows,
+                cases,
+                "m_",
+                "case",
+                "bytes_per_op",
+                "m_bare_task",
+                0,
+                extra=(
+                    (
+                        "start us/op",
+                        lambda runs: fmt(median([r["start_us_per_op"] for r in runs])),
+                    ),
+                    (
+                        "end us/op (release or cancel_all)",
+                        lambda runs: fmt(median([r["end_us_per_op"] for r in runs])),
+                    ),
+                    ("peak RSS MiB", peak_mib),
+                ),
+            ),
         ),
-        "",
-    ]
+        (
+            "## Cancel latency of a running operation: request -> its `finally` (us)\n\n"
+            "p50 of each run (median, min, max over the repeats), then the median p99.",
+            family_table(
+                rows,
+                cases,
+                "c_",
+                "case (p50)",
+                "p50_us",
+                "c_bare_task",
+                2,
+                extra=(("p99 median", lambda runs: fmt(median([r["p99_us"] for r in runs]))),),
+            ),
+        ),
+    )
+    for heading, table in sections:
+        if len(table) > 2:  # more than the header and the rule
+            out += ["", heading, "", *table]
+    out.append("")
     return "\n".join(out)
 
 
