@@ -196,11 +196,26 @@ class ExecutionHistory:
 
     @property
     def sink_errors(self) -> int:
-        """How many sink calls raised (or wrongly returned an awaitable) since creation."""
+        """How many sink calls failed since creation.
+
+        A call fails when the sink raises or returns an awaitable, or when the run could
+        not be converted to a :class:`RunRecord` (then no sink is called for it).
+        """
         return self._sink_errors
 
     def _notify(self, context: OperationContext, sinks: tuple[HistorySink, ...]) -> None:
-        run = context.to_run_record()
+        try:
+            run = context.to_run_record()
+        except Exception:
+            # A context a scope never produced (a hand-made one with a bad time, say).
+            self._count_sink_error()
+            logger.exception(
+                "history could not convert run %s (%r) to a RunRecord for its sinks",
+                context.index,
+                context.name,
+                extra={"operation_id": context.id},
+            )
+            return
         for sink in sinks:
             try:
                 returned = sink(run)

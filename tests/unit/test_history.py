@@ -460,6 +460,22 @@ def test_a_sink_may_read_the_history_without_deadlocking() -> None:
     assert seen == [1]
 
 
+def test_a_run_that_cannot_become_a_run_record_is_still_recorded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    history = ExecutionHistory()
+    received: list[RunRecord] = []
+    history.add_sink(received.append)
+    context = finished("job")
+    context.start_time = float("nan")  # to_run_record() raises on this
+    with caplog.at_level(logging.ERROR, logger="taskwarden.history"):
+        assert history.record(context) == 0
+    assert history.get_latest() is context
+    assert received == []
+    assert history.sink_errors == 1
+    assert "could not convert run 0" in caplog.text
+
+
 def test_no_run_record_is_built_when_there_are_no_sinks() -> None:
     history = ExecutionHistory()
     context = finished("job")
