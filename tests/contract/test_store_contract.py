@@ -8,8 +8,10 @@ store on the same data, for reopen and multi-store races.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -38,6 +40,7 @@ from taskwarden.processes import (
     ProcessState,
 )
 from taskwarden.stores.memory import MemoryStore
+from taskwarden.stores.sqlite import SQLiteStore
 
 S = ProcessState
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
@@ -71,7 +74,7 @@ class Backend:
         """Drop what this namespace left behind."""
 
 
-BACKENDS: list[Any] = ["memory"]
+BACKENDS: list[Any] = ["memory", "sqlite"]
 
 
 @pytest.fixture
@@ -104,7 +107,41 @@ def _memory_backend(*, clock: FakeClock, **_: Any) -> Backend:
     return Backend(clock)
 
 
-BACKEND_FACTORIES: dict[str, Callable[..., Backend]] = {"memory": _memory_backend}
+class SQLiteBackend(Backend):
+    """Stores over one SQLite file in the test's tmp_path."""
+
+    name = "sqlite"
+
+    def __init__(self, clock: FakeClock, path: Path) -> None:
+        super().__init__(clock)
+        self.path = path
+
+    def make(self) -> Store:
+        return SQLiteStore(self.path, clock=self.clock)
+
+    @property
+    def shares_instance(self) -> bool:
+        return False
+
+    async def set_schema_version(self, version: int) -> None:
+        def bump() -> None:
+            with contextlib.closing(sqlite3.connect(self.path)) as conn, conn:
+                conn.execute(
+                    "INSERT INTO taskwarden_schema_version (version, applied_at) VALUES (?, ?)",
+                    (version, "2099-01-01T00:00:00.000000+00:00"),
+                )
+
+        await asyncio.to_thread(bump)
+
+
+def _sqlite_backend(*, clock: FakeClock, tmp_path: Path, **_: Any) -> Backend:
+    return SQLiteBackend(clock, tmp_path / "store.db")
+
+
+BACKEND_FACTORIES: dict[str, Callable[..., Backend]] = {
+    "memory": _memory_backend,
+    "sqlite": _sqlite_backend,
+}
 
 _ids = itertools.count()
 

@@ -44,7 +44,7 @@ def open_store(url: str, *, prefix: str = "taskwarden", clock: Clock | None = No
         ConfigurationError: the scheme is unknown (the message lists the valid forms).
         MissingExtra: the backend's driver is not installed (``taskwarden[postgres]``).
     """
-    scheme, sep, _rest = url.partition("://")
+    scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep:
         scheme = ""
@@ -52,7 +52,12 @@ def open_store(url: str, *, prefix: str = "taskwarden", clock: Clock | None = No
         from taskwarden.stores.memory import MemoryStore
 
         return MemoryStore(prefix=prefix, clock=clock)
-    if scheme in ("sqlite", "postgresql", "postgres"):
-        # SQLite and PostgreSQL backends land in the next commits.
-        raise ConfigurationError(f"the {scheme} store is not available yet; use memory://")
+    if scheme == "sqlite":
+        from taskwarden.stores.sqlite import SQLiteStore
+
+        path = rest[1:] if rest.startswith("/") else rest
+        return SQLiteStore(path or DEFAULT_SQLITE_PATH, prefix=prefix, clock=clock)
+    if scheme in ("postgresql", "postgres"):
+        # PostgreSQL lands in the next commit.
+        raise ConfigurationError(f"the {scheme} store is not available yet")
     raise ConfigurationError(f"unknown store URL {url!r}: use one of {', '.join(VALID_SCHEMES)}")

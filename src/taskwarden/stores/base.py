@@ -7,28 +7,39 @@ they refuse the same inputs with the same errors.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any, TypeVar
 
 from taskwarden.errors import ConfigurationError, InvalidDefinition, InvalidTransition
+from taskwarden.model import RunRecord
 from taskwarden.processes import (
     DEFINITION_FIELDS,
     END_STATES,
     RUNTIME_FIELDS,
     LogEntry,
     LogLevel,
+    ProcessRecord,
     ProcessState,
     can_transition,
     decode_cursor,
 )
 
 __all__ = [
+    "BOOL_FIELDS",
+    "JSON_FIELDS",
     "MAX_LOG_DEFAULT",
+    "PROCESS_COLUMNS",
+    "PROCESS_FIELDS",
+    "RUN_COLUMNS",
+    "RUN_FIELDS",
+    "TIME_FIELDS",
     "check_definition_fields",
     "check_edges",
     "check_limit",
@@ -37,6 +48,7 @@ __all__ = [
     "decode_dt",
     "encode_dt",
     "json_dumps",
+    "load_migrations",
     "log_from_json",
     "log_to_json",
     "metadata_matches",
@@ -69,6 +81,69 @@ def table_names(prefix: str) -> tuple[str, str, str]:
             "starting with a letter or underscore (at most 41 characters)"
         )
     return f"{prefix}_processes", f"{prefix}_runs", f"{prefix}_schema_version"
+
+
+# -- columns and migrations ---------------------------------------------------------------
+
+PROCESS_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ProcessRecord))
+"""The record's fields in declaration order (the column order of every backend)."""
+
+PROCESS_COLUMNS: tuple[str, ...] = tuple(
+    "sort_order" if name == "order" else name for name in PROCESS_FIELDS
+)
+"""The SQL column of each field (``order`` is a reserved word, so ``sort_order``)."""
+
+RUN_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunRecord))
+"""The run record's fields in declaration order."""
+
+RUN_COLUMNS: tuple[str, ...] = tuple("idx" if name == "index" else name for name in RUN_FIELDS)
+"""The SQL column of each run field (``index`` is a reserved word, so ``idx``)."""
+
+TIME_FIELDS: frozenset[str] = frozenset(
+    {
+        "running_since",
+        "done_at",
+        "failed_at",
+        "stopped_at",
+        "created_at",
+        "lease_expires_at",
+        "last_cron_tick",
+        "updated_at",
+    }
+)
+"""Process fields holding datetimes."""
+
+JSON_FIELDS: frozenset[str] = frozenset({"params", "metadata"})
+"""Process fields holding JSON objects (``log`` is JSON too, as a list of entries)."""
+
+BOOL_FIELDS: frozenset[str] = frozenset(
+    {"cancellable", "adhoc", "ephemeral", "special", "resumable"}
+)
+"""Process fields holding booleans."""
+
+
+def load_migrations(dialect: str, prefix: str) -> list[tuple[int, list[str]]]:
+    """The migrations shipped for ``dialect`` (``sqlite`` or ``postgres``), in order.
+
+    Each is ``(version, statements)``, read from ``stores/sql/<dialect>_<NNNN>_*.sql`` with
+    the table names of ``prefix`` filled in, split at semicolons (the files use none inside
+    a statement).
+    """
+    processes, runs, _ = table_names(prefix)
+    folder = resources.files("taskwarden.stores").joinpath("sql")
+    found: list[tuple[int, list[str]]] = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if not (name.startswith(f"{dialect}_") and name.endswith(".sql")):
+            continue
+        version = int(name.split("_")[1])
+        text = entry.read_text(encoding="utf-8")
+        body = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
+        body = body.replace("{processes}", processes).replace("{runs}", runs)
+        statements = [part.strip() for part in body.split(";") if part.strip()]
+        found.append((version, statements))
+    found.sort()
+    return found
 
 
 # -- time and JSON ------------------------------------------------------------------------
