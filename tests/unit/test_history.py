@@ -141,6 +141,36 @@ def test_concurrent_records_from_8_threads_get_every_index_exactly_once() -> Non
         assert len(history.get_by_name(f"t{t}")) == per_thread
 
 
+def test_concurrent_records_past_the_bound_keep_the_newest_runs_and_a_true_name_index() -> None:
+    threads_count, per_thread, bound = 8, 5_000, 1_000
+    history = ExecutionHistory(max_entries=bound)
+    batches = [[finished(f"t{t}") for _ in range(per_thread)] for t in range(threads_count)]
+    barrier = threading.Barrier(threads_count)
+
+    def work(batch: list[OperationContext]) -> None:
+        barrier.wait()
+        for context in batch:
+            history.record(context)
+
+    previous_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = [threading.Thread(target=work, args=(b,)) for b in batches]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        sys.setswitchinterval(previous_interval)
+
+    total = threads_count * per_thread
+    kept = history.get_all()
+    assert [c.index for c in kept] == list(range(total - bound, total))
+    for t in range(threads_count):
+        assert history.get_by_name(f"t{t}") == [c for c in kept if c.name == f"t{t}"]
+    assert sum(len(history.get_by_name(f"t{t}")) for t in range(threads_count)) == bound
+
+
 def test_clear_forgets_everything_and_restarts_indexes_at_zero() -> None:
     history = ExecutionHistory()
     for i in range(3):
