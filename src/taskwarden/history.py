@@ -258,7 +258,7 @@ class ExecutionHistory:
         """How many runs were recorded since creation or the last :meth:`clear`.
 
         This is also the index the next run receives. It exceeds ``len(history)`` by the
-        number of runs dropped to stay within :attr:`max_entries`.
+        number of runs dropped, to stay within :attr:`max_entries` or by :meth:`prune`.
         """
         return self._next_index
 
@@ -434,7 +434,7 @@ class ExecutionHistory:
                 if not getattr(context, "ignore_in_history", False):
                     _print_result(out, context)
                     return
-            out.print("[red]❌ No executions recorded: there is no last result to show.[/red]")
+            out.print("[red]❌ No executions to show: there is no last result.[/red]")
             return
         if result_index is not None:
             found = self.get_by_index(result_index)

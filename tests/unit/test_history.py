@@ -704,7 +704,7 @@ def test_summary_last_result_of_a_cancel_prints_cancelled_and_its_reason() -> No
 def test_summary_last_result_on_empty_history_says_there_is_none() -> None:
     console, out = capture()
     ExecutionHistory().summary(last_result=True, console=console)
-    assert "no last result" in out.getvalue()
+    assert "there is no last result" in out.getvalue()
 
 
 def test_summary_result_index_prints_that_result_or_says_it_is_missing() -> None:
