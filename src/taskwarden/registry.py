@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from taskwarden.history import ExecutionHistory
+from taskwarden.history import ExecutionHistory, get_default_history
 from taskwarden.model import CancelationReason, OperationContext, OperationStatus
 
 if TYPE_CHECKING:
@@ -94,7 +94,8 @@ class OperationRegistry:
             with cls._instance_lock:
                 instance = cls._instance
                 if instance is None:
-                    instance = cls._instance = cls()
+                    # Shares the seed 001 facade's history, so ExecutionRegistry shows scopes.
+                    instance = cls._instance = cls(history=get_default_history())
         return instance
 
     @classmethod
@@ -173,7 +174,7 @@ class OperationRegistry:
         status: OperationStatus | str | None = None,
         since: float | datetime | None = None,
     ) -> list[OperationContext]:
-        """Finished operations, newest first, optionally filtered by status and start time."""
+        """Finished operations, newest first; ``since`` keeps those that ended after it."""
         return self.history.query(limit=limit, status=status, since=since)
 
     def tree(self) -> list[OperationNode]:

@@ -291,3 +291,18 @@ def test_registry_is_safe_to_read_from_another_thread_while_ops_run() -> None:
     assert errors == []
     assert reads > 0
     assert len(registry.history) == 10_000
+
+
+async def test_default_registry_feeds_the_seed_001_facade() -> None:
+    from taskwarden.history import ExecutionHistory, ExecutionRegistry, set_default_history
+
+    previous = set_default_history(ExecutionHistory())
+    OperationRegistry.set_instance(None)
+    try:
+        async with Cancelable(name="seen-by-facade"):
+            pass
+        latest = ExecutionRegistry.get_latest()
+        assert latest is not None and latest.name == "seen-by-facade"
+    finally:
+        OperationRegistry.set_instance(None)
+        set_default_history(previous)
