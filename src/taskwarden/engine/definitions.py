@@ -1,0 +1,102 @@
+"""Task definitions: a process as the application declares it (seed 004's ``TaskInstance``)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from taskwarden.errors import InvalidDefinition
+from taskwarden.processes import ProcessRecord
+
+if TYPE_CHECKING:
+    from taskwarden.engine.context import ProcessContext
+
+__all__ = ["Execute", "TaskInstance", "definition_fields", "new_record", "validate_definition"]
+
+Execute = Callable[["ProcessContext"], Awaitable[None]]
+"""An async task function: ``async def execute(ctx: ProcessContext) -> None``."""
+
+
+@dataclass(slots=True)
+class TaskInstance:
+    """One process the engine manages: its task function, id, name and options.
+
+    The fields and defaults are the seed's; ``resumable`` says whether a run interrupted by
+    a stopped engine may be relaunched on the next start (else it is only recorded failed),
+    and ``schedule_tz`` names the IANA time zone of ``schedule`` (UTC when None).
+
+    Example::
+
+        TaskInstance(execute=nightly_cleanup, process_id="nightly-cleanup",
+                     name="Nightly Cleanup", schedule="0 2 * * *", schedule_tz="Europe/Paris")
+    """
+
+    execute: Execute
+    process_id: str
+    name: str
+    description: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    schedule: str | None = None
+    special: bool = False
+    warning: str | None = None
+    cancellable: bool = True
+    resumable: bool = False
+    schedule_tz: str | None = None
+
+
+def validate_definition(task: TaskInstance) -> None:
+    """Check a definition before it is used; raise :class:`InvalidDefinition` naming it."""
+    if not isinstance(task, TaskInstance):
+        raise InvalidDefinition(f"expected a TaskInstance, got {type(task).__name__}")
+    if not isinstance(task.process_id, str) or not task.process_id:
+        raise InvalidDefinition(f"process_id must be a non-empty string, got {task.process_id!r}")
+    if not callable(task.execute):
+        raise InvalidDefinition(
+            f"process {task.process_id!r}: execute must be an async function taking ctx"
+        )
+    if task.schedule is not None or task.schedule_tz is not None:
+        from taskwarden.engine.cron import CronSchedule
+
+        CronSchedule.parse(task.process_id, task.schedule, task.schedule_tz)
+
+
+def definition_fields(task: TaskInstance) -> dict[str, Any]:
+    """The record fields a definition declares (what ``resync`` compares and updates)."""
+    return {
+        "name": task.name,
+        "description": task.description,
+        "params": dict(task.params),
+        "metadata": dict(task.metadata),
+        "cancellable": task.cancellable,
+        "special": task.special,
+        "warning": task.warning,
+        "schedule": task.schedule,
+        "resumable": task.resumable,
+    }
+
+
+def new_record(
+    task: TaskInstance,
+    *,
+    now: datetime,
+    adhoc: bool = False,
+    ephemeral: bool = False,
+    parent: ProcessRecord | None = None,
+    order: int = 0,
+) -> ProcessRecord:
+    """A fresh idle record for ``task`` (a root, or a child of ``parent``)."""
+    return ProcessRecord(
+        process_id=task.process_id,
+        parent_id=None if parent is None else parent.process_id,
+        root_id="" if parent is None else parent.root_id,
+        depth=0 if parent is None else parent.depth + 1,
+        order=order,
+        adhoc=adhoc,
+        ephemeral=ephemeral,
+        created_at=now,
+        updated_at=now,
+        **definition_fields(task),
+    )
