@@ -15,7 +15,7 @@ from taskwarden.processes import LogLevel
 from taskwarden.scope import Cancelable, validate_percent
 
 if TYPE_CHECKING:
-    from taskwarden.engine.engine import Engine, _Run
+    from taskwarden.engine.runs import RunMixin, _Run
     from taskwarden.engine.progress import ProgressBuffer
 
 __all__ = ["ProcessContext"]
@@ -33,7 +33,7 @@ class ProcessContext:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: RunMixin,
         run: _Run,
         scope: Cancelable,
         progress: ProgressBuffer,
