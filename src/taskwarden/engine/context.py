@@ -15,8 +15,8 @@ from taskwarden.processes import LogLevel
 from taskwarden.scope import Cancelable, validate_percent
 
 if TYPE_CHECKING:
-    from taskwarden.engine.runs import RunMixin, _Run
     from taskwarden.engine.progress import ProgressBuffer
+    from taskwarden.engine.runs import RunMixin, _Run
 
 __all__ = ["ProcessContext"]
 
