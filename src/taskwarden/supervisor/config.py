@@ -181,8 +181,16 @@ class CriticalTaskConfig:
                 f"backoff_factor of {self.name!r} must be >= 1 (1 keeps the delay constant), "
                 f"got {self.backoff_factor!r}"
             )
-        TaskPriority(self.priority)
-        TaskCategory(self.category)
+        for label, kind in (("priority", TaskPriority), ("category", TaskCategory)):
+            value = getattr(self, label)
+            try:
+                # Frozen: coerce "high" to TaskPriority.HIGH the only way a frozen class can.
+                object.__setattr__(self, label, kind(value))
+            except ValueError:
+                choices = ", ".join(member.value for member in kind)
+                raise ConfigurationError(
+                    f"{label} of {self.name!r} must be one of {choices}, got {value!r}"
+                ) from None
 
 
 def restart_delay(config: CriticalTaskConfig, recent_restarts: int) -> float:

@@ -642,16 +642,19 @@ class Supervisor:
     async def _probe(self, config: CriticalTaskConfig) -> bool:
         probe = config.health_check
         assert probe is not None
-
-        async def ask() -> bool:
+        try:
             outcome = probe()
-            if inspect.isawaitable(outcome):
-                outcome = await outcome
+        except Exception:
+            logger.warning("health check of %r raised", config.name, exc_info=True)
+            return False
+        if not inspect.isawaitable(outcome):
             return bool(outcome)
 
-        task = asyncio.get_running_loop().create_task(ask(), name="taskwarden-supervisor-probe")
-        pending = await wait_all(self._clock, (task,), config.health_check_interval)
-        if pending:
+        async def answer() -> bool:
+            return bool(await outcome)
+
+        task = asyncio.get_running_loop().create_task(answer(), name="taskwarden-supervisor-probe")
+        if await wait_all(self._clock, (task,), config.health_check_interval):
             task.cancel()
             logger.warning("health check of %r did not answer in time", config.name)
             return False
