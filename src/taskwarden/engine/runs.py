@@ -1,0 +1,500 @@
+"""How the engine executes a run: scope, progress, final state, history, abandonment.
+
+:class:`RunMixin` is the part of :class:`~taskwarden.engine.engine.Engine` that carries one
+run from ``scheduled`` to its terminal state. Kept apart from the engine's public verbs so
+each module stays readable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from taskwarden.abc import Store
+from taskwarden.clock import Clock
+from taskwarden.engine.children import ChildResult, ProgressFanIn
+from taskwarden.engine.context import ProcessContext
+from taskwarden.engine.definitions import TaskInstance, new_record, validate_definition
+from taskwarden.engine.progress import ProgressBuffer
+from taskwarden.errors import (
+    ChildProcessCancelled,
+    InvalidDefinition,
+    InvalidTransition,
+    ProcessNotFound,
+)
+from taskwarden.model import CancelationReason, OperationStatus, RunRecord
+from taskwarden.processes import ACTIVE_STATES, END_STATES, ProcessRecord, ProcessState
+from taskwarden.registry import OperationRegistry
+from taskwarden.scope import Cancelable
+
+if TYPE_CHECKING:
+    from taskwarden.engine.cron import CronSchedule
+
+__all__ = ["ChangeCallback", "RunMixin"]
+
+logger = logging.getLogger("taskwarden.engine")
+
+S = ProcessState
+
+ChangeCallback = Callable[[ProcessRecord], Any]
+"""Called with the new record after each committed state change (may return an awaitable)."""
+
+_STATUS = {
+    S.DONE: OperationStatus.COMPLETED,
+    S.FAILED: OperationStatus.FAILED,
+    S.CANCELLED: OperationStatus.CANCELLED,
+}
+
+_RESET_FIELDS: dict[str, Any] = {
+    "error": None,
+    "running_since": None,
+    "done_at": None,
+    "duration": None,
+    "failed_at": None,
+    "stopped_at": None,
+    "progress_percent": None,
+    "progress_message": None,
+    "log": (),
+}
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    """One run of one process in this engine."""
+
+    process_id: str
+    definition: TaskInstance
+    record: ProcessRecord
+    parent: _Run | None = None
+    listener: Callable[[str, float | None, str | None], None] | None = None
+    task: asyncio.Task[None] | None = None
+    scope: Cancelable | None = None
+    progress: ProgressBuffer | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    started: bool = False
+    finished: bool = False
+    abandoned: bool = False
+    waiting_for_slot: bool = False
+    cancel_requested: bool = False
+    cancel_message: str = ""
+    ephemeral: bool = False
+    final_state: ProcessState | None = None
+    error: str | None = None
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class RunMixin:
+    """Executes runs for the engine (see the module docstring)."""
+
+    store: Store
+    clock: Clock
+    registry: OperationRegistry
+    engine_id: str
+    services: dict[str, Any]
+    cancel_grace: float
+    abandon_after: float
+    progress_flush_interval: float
+    max_log: int
+    max_messages_per_flush: int
+    on_change: list[ChangeCallback]
+    _definitions: dict[str, TaskInstance]
+    _schedules: dict[str, CronSchedule]
+    _runs: dict[str, _Run]
+    _aux: set[asyncio.Task[Any]]
+    _semaphore: asyncio.Semaphore | None
+
+    def _start_run(
+        self,
+        record: ProcessRecord,
+        definition: TaskInstance,
+        parent: _Run | None = None,
+        listener: Callable[[str, float | None, str | None], None] | None = None,
+    ) -> _Run:
+        run = _Run(
+            process_id=record.process_id,
+            definition=definition,
+            record=record,
+            parent=parent,
+            listener=listener,
+            ephemeral=record.ephemeral,
+        )
+        self._runs[record.process_id] = run
+        loop = asyncio.get_running_loop()
+        # A root run must not become a child of whatever scope the caller of launch() is in.
+        context = contextvars.copy_context() if parent is not None else contextvars.Context()
+        run.task = loop.create_task(
+            self._execute(run), name=f"taskwarden-process:{record.process_id}", context=context
+        )
+        run.task.add_done_callback(lambda task: self._run_task_done(run, task))
+        return run
+
+    def _run_task_done(self, run: _Run, task: asyncio.Task[None]) -> None:
+        # Also covers a task cancelled before its coroutine ever started.
+        self._log_task_failure(task)
+        run.finished = True
+        if self._runs.get(run.process_id) is run:
+            del self._runs[run.process_id]
+        run.done.set()
+
+    # ------------------------------------------------------------------ running
+    async def _execute(self, run: _Run) -> None:
+        semaphore = self._semaphore if run.parent is None else None
+        try:
+            if semaphore is not None:
+                run.waiting_for_slot = True
+                await semaphore.acquire()
+                run.waiting_for_slot = False
+            try:
+                await self._execute_run(run)
+            finally:
+                if semaphore is not None:
+                    semaphore.release()
+        finally:
+            run.finished = True
+            if run.final_state is None and not run.abandoned:
+                current = await _quiet_get(self.store, run.process_id)
+                run.final_state = current.state if current is not None else S.CANCELLED
+            if self._runs.get(run.process_id) is run:
+                del self._runs[run.process_id]
+            run.done.set()
+
+    async def _execute_run(self, run: _Run) -> None:
+        process_id = run.process_id
+        now = self.clock.wall()
+        try:
+            record = await self.store.transition(
+                process_id, {S.SCHEDULED}, S.RUNNING, running_since=now
+            )
+        except (InvalidTransition, ProcessNotFound):
+            return  # cancelled or removed before it started
+        run.record = record
+        run.started = True
+        self._notify(record)
+        if run.listener is not None:
+            run.listener("running", None, None)
+        scope = Cancelable(
+            name=process_id,
+            kind="process",
+            operation_id=None,
+            metadata={"process_id": process_id, "run_number": record.run_number},
+            grace_period=self.cancel_grace,
+            registry=self.registry,
+            on_cancel=[lambda _scope: self._arm_abandon(run)],
+        )
+        progress = ProgressBuffer(
+            self.store,
+            process_id,
+            clock=self.clock,
+            interval=self.progress_flush_interval,
+            max_log=self.max_log,
+            max_messages=self.max_messages_per_flush,
+            operation=scope.context,
+        )
+        run.progress = progress
+        ctx = ProcessContext(self, run, scope, progress, run.listener)
+        error: BaseException | None = None
+        try:
+            async with scope:
+                run.scope = scope
+                if run.cancel_requested:
+                    scope.cancel_sync(CancelationReason.MANUAL, run.cancel_message)
+                await run.definition.execute(ctx)
+        except asyncio.CancelledError:
+            # Cancelled from outside the run's own ladder (shutdown, a parent group):
+            # record the end, then let the cancellation go on.
+            await asyncio.shield(self._finish(run, scope, None, cancelled=True))
+            raise
+        except Exception as exc:
+            error = exc
+        await asyncio.shield(self._finish(run, scope, error, cancelled=False))
+
+    async def _finish(
+        self, run: _Run, scope: Cancelable, error: BaseException | None, *, cancelled: bool
+    ) -> None:
+        process_id = run.process_id
+        if run.progress is not None:
+            try:
+                await run.progress.close()
+            except Exception:
+                logger.exception("final progress flush of %r failed", process_id)
+        if run.abandoned:
+            return
+        cancelled = cancelled or scope.is_cancelled or run.cancel_requested
+        now = self.clock.wall()
+        duration = _seconds(run.record.running_since, now)
+        if error is None:
+            target = S.CANCELLED if cancelled else S.DONE
+        elif cancelled and isinstance(error, ChildProcessCancelled):
+            target = S.CANCELLED
+        else:
+            target = S.FAILED
+        error_text = None if error is None else _error_text(error)
+        record = await self._end_record(run, target, cancelled, now, duration, error_text)
+        if record is None:
+            return
+        run.final_state = record.state
+        run.error = record.error
+        if run.listener is not None:
+            run.listener(str(record.state), run.progress.percent if run.progress else None, None)
+        await self._record_history(
+            record,
+            started_at=run.record.running_since or now,
+            ended_at=now,
+            status=_STATUS[record.state],
+            error=record.error,
+            traceback=scope.context.traceback,
+            operation_id=scope.context.id,
+            cancel_reason=scope.context.cancel_reason,
+            cancel_message=scope.context.cancel_message or None,
+        )
+        await self._after_terminal(record, run)
+
+    async def _end_record(
+        self,
+        run: _Run,
+        target: ProcessState,
+        cancelled: bool,
+        now: datetime,
+        duration: float | None,
+        error: str | None,
+    ) -> ProcessRecord | None:
+        process_id = run.process_id
+        for _ in range(3):
+            if cancelled:
+                await self._ack_cancel(process_id)
+                expected: set[ProcessState] = {S.CANCELLING}
+            else:
+                expected = {S.RUNNING}
+            fields: dict[str, Any] = {"duration": duration}
+            if target is S.DONE:
+                fields["done_at"] = now
+            elif target is S.FAILED:
+                fields.update(failed_at=now, error=error)
+            else:
+                fields["stopped_at"] = now
+            try:
+                record = await self.store.transition(process_id, expected, target, **fields)
+            except InvalidTransition as exc:
+                if not cancelled and exc.current in (S.CANCEL_REQUESTED, S.CANCELLING):
+                    # A cancel arrived while the run was ending: end it as cancelled.
+                    cancelled = True
+                    if target is S.DONE:
+                        target = S.CANCELLED
+                    continue
+                logger.warning("run of %r could not be recorded %s: %s", process_id, target, exc)
+                return None
+            except ProcessNotFound:
+                logger.warning("process %r was deleted while it ran", process_id)
+                return None
+            self._notify(record)
+            return record
+        return None
+
+    async def _ack_cancel(self, process_id: str) -> None:
+        for expected, target in (
+            (S.RUNNING, S.CANCEL_REQUESTED),
+            (S.CANCEL_REQUESTED, S.CANCELLING),
+        ):
+            try:
+                record = await self.store.transition(process_id, {expected}, target)
+            except (InvalidTransition, ProcessNotFound):
+                continue
+            self._notify(record)
+
+    async def _after_terminal(self, record: ProcessRecord, run: _Run | None) -> None:
+        if record.ephemeral or (run is not None and run.ephemeral):
+            await self.store.delete(record.process_id, only_if_states=END_STATES, descendants=True)
+            if record.adhoc:
+                self._definitions.pop(record.process_id, None)
+                self._schedules.pop(record.process_id, None)
+
+    async def _record_history(
+        self,
+        record: ProcessRecord,
+        *,
+        started_at: datetime,
+        ended_at: datetime,
+        status: OperationStatus,
+        error: str | None,
+        traceback: str | None = None,
+        operation_id: str | None = None,
+        cancel_reason: CancelationReason | None = None,
+        cancel_message: str | None = None,
+    ) -> None:
+        run = RunRecord(
+            index=None,
+            operation_id=operation_id or f"{record.process_id}#{record.run_number}",
+            name=record.process_id,
+            kind="process",
+            status=status,
+            started_at=started_at,
+            ended_at=ended_at,
+            duration=_seconds(started_at, ended_at),
+            error=error,
+            traceback=traceback,
+            cancel_reason=cancel_reason,
+            cancel_message=cancel_message,
+            parent_id=record.parent_id,
+            metadata=dict(record.metadata),
+            process_id=record.process_id,
+            run_number=record.run_number,
+        )
+        try:
+            await self.store.record_run(run)
+        except Exception:
+            logger.exception("recording the run of %r in the history failed", record.process_id)
+
+    async def _mark_ephemeral(self, run: _Run) -> None:
+        run.ephemeral = True
+        record = await self.store.update_definition(run.process_id, ephemeral=True)
+        run.record = dataclasses.replace(run.record, ephemeral=record.ephemeral)
+
+    # ------------------------------------------------------------------ children
+    async def _run_child(
+        self, parent: ProcessContext, task: TaskInstance, fan: ProgressFanIn | None
+    ) -> ChildResult:
+        validate_definition(task)
+        parent_run = parent._run
+        existing = await self.store.get(task.process_id)
+        if existing is not None:
+            if existing.state in ACTIVE_STATES:
+                raise InvalidDefinition(
+                    f"child process id {task.process_id!r} is in use by an active process: "
+                    "give each child a unique id"
+                )
+            await self.store.delete(task.process_id, descendants=True)
+        record = new_record(
+            task, now=self.clock.wall(), parent=parent_run.record, order=parent._next_order()
+        )
+        await self.store.create(record)
+        scheduled = await self.store.transition(
+            task.process_id, {S.IDLE}, S.SCHEDULED, lease_owner=self.engine_id
+        )
+        self._notify(scheduled)
+        listener = fan.listener(task.process_id, task.name) if fan is not None else None
+        if listener is not None:
+            listener("scheduled", None, None)
+        run = self._start_run(scheduled, task, parent=parent_run, listener=listener)
+        assert run.task is not None
+        try:
+            await run.done.wait()
+        except asyncio.CancelledError:
+            run.task.cancel()
+            await asyncio.wait({run.task}, timeout=self.cancel_grace + self.abandon_after)
+            raise
+        state = run.final_state or S.CANCELLED
+        return ChildResult(process_id=task.process_id, state=str(state), error=run.error)
+
+    def _arm_abandon(self, run: _Run) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.cancel_grace + self.abandon_after, self._check_abandon, run)
+
+    def _check_abandon(self, run: _Run) -> None:
+        if run.finished or run.abandoned or run.done.is_set():
+            return
+        self._spawn(self._abandon(run, "it ignored its cancellation and kept running"))
+
+    async def _abandon(self, run: _Run, why: str) -> None:
+        if run.abandoned or run.done.is_set():
+            return
+        run.abandoned = True
+        process_id = run.process_id
+        if run.scope is not None:
+            run.scope.context.metadata["abandoned"] = True
+        if run.progress is not None:
+            try:
+                await run.progress.close()
+            except Exception:
+                logger.exception("progress flush of abandoned %r failed", process_id)
+        now = self.clock.wall()
+        message = (
+            f"abandoned: {why} (still running {self.cancel_grace + self.abandon_after:g}s after "
+            "the cancel); its task may still be executing in the background"
+        )
+        try:
+            record = await self.store.transition(
+                process_id,
+                {S.SCHEDULED, S.RUNNING, S.CANCEL_REQUESTED, S.CANCELLING},
+                S.FAILED,
+                error=message,
+                failed_at=now,
+                duration=_seconds(run.record.running_since, now),
+            )
+        except (InvalidTransition, ProcessNotFound):
+            record = None
+        if record is not None:
+            self._notify(record)
+            run.final_state = S.FAILED
+            run.error = message
+            logger.error("process %r %s", process_id, message)
+            await self._record_history(
+                record,
+                started_at=run.record.running_since or now,
+                ended_at=now,
+                status=OperationStatus.FAILED,
+                error=message,
+                operation_id=run.scope.context.id if run.scope is not None else None,
+            )
+        if self._runs.get(process_id) is run:
+            del self._runs[process_id]
+        run.done.set()
+
+    # ------------------------------------------------------------------ plumbing
+    def _notify(self, record: ProcessRecord) -> None:
+        for callback in list(self.on_change):
+            try:
+                outcome = callback(record)
+            except Exception:
+                logger.exception("on_change callback %r failed", callback)
+                continue
+            if inspect.isawaitable(outcome):
+                self._spawn(_await(outcome))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._aux.add(task)
+        task.add_done_callback(self._aux_done)
+
+    def _aux_done(self, task: asyncio.Task[Any]) -> None:
+        self._aux.discard(task)
+        self._log_task_failure(task)
+
+    @staticmethod
+    def _log_task_failure(task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.error("engine task %s failed", task.get_name(), exc_info=exc)
+
+
+_INACTIVE: frozenset[ProcessState] = frozenset(set(ProcessState) - ACTIVE_STATES)
+
+
+def _seconds(start: datetime | None, end: datetime) -> float | None:
+    if start is None:
+        return None
+    return max(0.0, (end - start).total_seconds())
+
+
+async def _await(awaitable: Awaitable[Any]) -> None:
+    await awaitable
+
+
+async def _quiet_get(store: Store, process_id: str) -> ProcessRecord | None:
+    try:
+        return await store.get(process_id)
+    except Exception:
+        logger.exception("reading process %r failed", process_id)
+        return None
