@@ -438,8 +438,9 @@ class Store(ABC):
     @abstractmethod
     async def expire_leases(self, now: datetime | None = None) -> builtins.list[ProcessRecord]:
         """Clear every lease that expired at ``now`` (default: the store clock) on an
-        active process and return those records (lease cleared, state unchanged) for
-        recovery. Atomic: each expired lease is returned to exactly one caller."""
+        active process and return those records (lease cleared, state unchanged, sorted by
+        ``process_id``) for recovery. Atomic: each expired lease is returned to exactly one
+        caller, even when several recoverers run at once."""
 
     @abstractmethod
     async def mark_cron_tick(self, process_id: str, tick: datetime) -> bool:

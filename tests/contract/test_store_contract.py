@@ -8,16 +8,19 @@ store on the same data, for reopen and multi-store races.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
 import sqlite3
+import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from taskwarden.abc import Store
@@ -26,6 +29,7 @@ from taskwarden.errors import (
     ConfigurationError,
     InvalidDefinition,
     InvalidTransition,
+    MissingExtra,
     ProcessNotFound,
     SchemaError,
     StoreError,
@@ -39,7 +43,9 @@ from taskwarden.processes import (
     ProcessRecord,
     ProcessState,
 )
+from taskwarden.stores import DEFAULT_SQLITE_PATH, open_store
 from taskwarden.stores.memory import MemoryStore
+from taskwarden.stores.postgres import PostgresStore
 from taskwarden.stores.sqlite import SQLiteStore
 
 S = ProcessState
@@ -74,7 +80,7 @@ class Backend:
         """Drop what this namespace left behind."""
 
 
-BACKENDS: list[Any] = ["memory", "sqlite"]
+BACKENDS: list[Any] = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture
@@ -138,9 +144,76 @@ def _sqlite_backend(*, clock: FakeClock, tmp_path: Path, **_: Any) -> Backend:
     return SQLiteBackend(clock, tmp_path / "store.db")
 
 
+class PostgresBackend(Backend):
+    """Stores over a unique table prefix in this module's PostgreSQL database."""
+
+    name = "postgres"
+
+    def __init__(self, clock: FakeClock, url: str) -> None:
+        super().__init__(clock)
+        self.url = url
+        self.prefix = f"t{uuid.uuid4().hex[:12]}"
+
+    def make(self) -> Store:
+        return PostgresStore(self.url, prefix=self.prefix, clock=self.clock, max_size=4)
+
+    @property
+    def shares_instance(self) -> bool:
+        return False
+
+    async def set_schema_version(self, version: int) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.execute(
+                f"INSERT INTO {self.prefix}_schema_version (version, applied_at) "
+                "VALUES ($1, now())",
+                version,
+            )
+        finally:
+            await conn.close()
+
+    async def cleanup(self) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            for table in ("processes", "runs", "schema_version"):
+                await conn.execute(f"DROP TABLE IF EXISTS {self.prefix}_{table}")
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(scope="module")
+def postgres_database(postgres_server_url: str) -> Iterator[str]:
+    """A database created for this module on the test server, dropped afterwards."""
+    name = f"tw_store_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(postgres_server_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def run(sql: str) -> None:
+        # First requested from inside a test's running loop: use a loop of our own.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, admin(sql)).result()
+
+    run(f"CREATE DATABASE {name}")
+    try:
+        yield postgres_server_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _postgres_backend(*, clock: FakeClock, request: pytest.FixtureRequest, **_: Any) -> Backend:
+    url: str = request.getfixturevalue("postgres_database")
+    return PostgresBackend(clock, url)
+
+
 BACKEND_FACTORIES: dict[str, Callable[..., Backend]] = {
     "memory": _memory_backend,
     "sqlite": _sqlite_backend,
+    "postgres": _postgres_backend,
 }
 
 _ids = itertools.count()
@@ -898,3 +971,71 @@ async def test_a_newer_schema_refuses_to_open(backend: Backend) -> None:
     with pytest.raises(SchemaError):
         await store.open()
     await store.close()
+
+
+# -- open_store ---------------------------------------------------------------------------
+
+
+def test_open_store_picks_the_backend_from_the_url(tmp_path: Path) -> None:
+    """memory://, sqlite:///relative, sqlite:////absolute, sqlite:// and postgres(ql)://."""
+    assert isinstance(open_store("memory://"), MemoryStore)
+    relative = open_store("sqlite:///data/tw.db")
+    assert isinstance(relative, SQLiteStore) and relative.path == "data/tw.db"
+    absolute = open_store(f"sqlite:///{tmp_path}/tw.db", prefix="app")
+    assert isinstance(absolute, SQLiteStore) and absolute.path == f"{tmp_path}/tw.db"
+    assert absolute.prefix == "app"
+    default = open_store("sqlite://")
+    assert isinstance(default, SQLiteStore) and default.path == DEFAULT_SQLITE_PATH
+    assert isinstance(open_store("postgresql://u@h/db"), PostgresStore)
+    assert isinstance(open_store("postgres://u@h/db"), PostgresStore)
+
+
+def test_open_store_refuses_an_unknown_scheme_listing_the_valid_ones() -> None:
+    """A typo gets a ConfigurationError that says what would work."""
+    for url in ("mysql://x", "sqlite3:///x.db", "taskwarden.db"):
+        with pytest.raises(ConfigurationError) as info:
+            open_store(url)
+        for form in ("memory://", "sqlite:///", "postgresql://"):
+            assert form in str(info.value)
+
+
+def test_open_store_refuses_an_unsafe_prefix() -> None:
+    """The prefix becomes part of SQL identifiers, so only safe names pass."""
+    with pytest.raises(ConfigurationError):
+        open_store("sqlite:///x.db", prefix="x; DROP TABLE y")
+
+
+def test_open_store_names_the_extra_when_the_driver_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without asyncpg, postgresql:// says to install taskwarden[postgres]."""
+    monkeypatch.setitem(sys.modules, "asyncpg", None)
+    monkeypatch.delitem(sys.modules, "taskwarden.stores.postgres")
+    with pytest.raises(MissingExtra) as info:
+        open_store("postgresql://u@h/db")
+    assert info.value.extra == "postgres"
+    assert "taskwarden[postgres]" in str(info.value)
+
+
+async def test_sqlite_stores_in_two_threads_share_one_file(tmp_path: Path) -> None:
+    """Two SQLite stores (two connections, two threads) on one file see each other's
+    writes and never both win a compare-and-set."""
+    path = tmp_path / "shared.db"
+    async with SQLiteStore(path) as a, SQLiteStore(path) as b:
+        await a.create(rec("shared", state=S.IDLE))
+        seen = await b.get("shared")
+        assert seen is not None and seen.state is S.IDLE
+        results = await asyncio.gather(
+            *(s.transition("shared", [S.IDLE], S.SCHEDULED) for s in [a, b] * 25),
+            return_exceptions=True,
+        )
+        assert sum(isinstance(r, ProcessRecord) for r in results) == 1
+        assert a._thread is not b._thread
+
+
+async def test_sqlite_store_uses_wal(tmp_path: Path) -> None:
+    """The file is in WAL mode, so readers never block the writer."""
+    async with SQLiteStore(tmp_path / "wal.db"):
+        pass
+    with contextlib.closing(sqlite3.connect(tmp_path / "wal.db")) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

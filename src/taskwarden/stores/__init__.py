@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from taskwarden.errors import ConfigurationError
+from taskwarden.errors import ConfigurationError, MissingExtra
 
 if TYPE_CHECKING:
     from taskwarden.abc import Store
@@ -58,6 +58,11 @@ def open_store(url: str, *, prefix: str = "taskwarden", clock: Clock | None = No
         path = rest[1:] if rest.startswith("/") else rest
         return SQLiteStore(path or DEFAULT_SQLITE_PATH, prefix=prefix, clock=clock)
     if scheme in ("postgresql", "postgres"):
-        # PostgreSQL lands in the next commit.
-        raise ConfigurationError(f"the {scheme} store is not available yet")
+        try:
+            from taskwarden.stores.postgres import PostgresStore
+        except ImportError as exc:
+            if exc.name != "asyncpg":
+                raise
+            raise MissingExtra("the PostgreSQL store", "postgres") from exc
+        return PostgresStore(url, prefix=prefix, clock=clock)
     raise ConfigurationError(f"unknown store URL {url!r}: use one of {', '.join(VALID_SCHEMES)}")

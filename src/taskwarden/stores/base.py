@@ -162,7 +162,9 @@ def encode_dt(value: datetime | None) -> str | None:
     """A fixed-width ISO-8601 UTC string, so text comparison orders like time does."""
     if value is None:
         return None
-    return to_utc(value).isoformat(timespec="microseconds")
+    if value.tzinfo is not UTC:
+        value = to_utc(value)
+    return value.isoformat(timespec="microseconds")
 
 
 def decode_dt(value: str | None) -> datetime | None:
@@ -221,6 +223,9 @@ def check_runtime_fields(fields: Mapping[str, Any]) -> None:
         )
 
 
+_valid_edges: dict[tuple[Any, ...], frozenset[ProcessState]] = {}
+
+
 def check_edges(
     process_id: str, expected_states: Collection[ProcessState], to_state: ProcessState
 ) -> frozenset[ProcessState]:
@@ -229,6 +234,10 @@ def check_edges(
     Raises InvalidTransition (``current=None``) for an empty set or an edge not in the
     table, before any I/O.
     """
+    key = (to_state, *expected_states)
+    known = _valid_edges.get(key)
+    if known is not None:
+        return known
     expected = frozenset(ProcessState(state) for state in expected_states)
     target = ProcessState(to_state)
     if not expected:
@@ -244,6 +253,8 @@ def check_edges(
             f"transition of {process_id!r} from {bad} to {target.value!r} is not in the "
             "transition table (taskwarden.processes.TRANSITIONS)",
         )
+    if len(_valid_edges) < 4096:  # bounded: the table has few distinct valid calls
+        _valid_edges[key] = expected
     return expected
 
 

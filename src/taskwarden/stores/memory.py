@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import heapq
 import itertools
 import json
 from collections.abc import Collection, Mapping, Sequence
@@ -297,7 +298,8 @@ class MemoryStore(Store):
         """See :meth:`Store.claim`."""
         self._check_open()
         now = self.clock.wall()
-        candidates = sorted(
+        candidates = heapq.nsmallest(
+            max(0, limit),
             (
                 record
                 for record in self._records.values()
@@ -305,7 +307,7 @@ class MemoryStore(Store):
                 and (record.lease_expires_at is None or record.lease_expires_at <= now)
             ),
             key=lambda r: (r.updated_at, r.process_id),
-        )[: max(0, limit)]
+        )
         expires = now + timedelta(seconds=lease_seconds)
         return [
             self._put(record, lease_owner=worker, lease_expires_at=expires) for record in candidates
@@ -348,6 +350,7 @@ class MemoryStore(Store):
             and record.lease_expires_at is not None
             and record.lease_expires_at <= cutoff
         ]
+        expired.sort(key=lambda r: r.process_id)
         return [self._put(r, lease_owner=None, lease_expires_at=None) for r in expired]
 
     async def mark_cron_tick(self, process_id: str, tick: datetime) -> bool:

@@ -1,8 +1,9 @@
 -- taskwarden PostgreSQL schema, version 1: process records and run history.
--- {processes} and {runs} are replaced by the prefixed table names.
+-- {processes} and {runs} are replaced by the prefixed table names. process_id sorts
+-- bytewise (COLLATE "C") so list order and cursors match the other backends.
 
 CREATE TABLE {processes} (
-    process_id       TEXT PRIMARY KEY,
+    process_id       TEXT COLLATE "C" PRIMARY KEY,
     name             TEXT NOT NULL,
     description      TEXT,
     params           JSONB NOT NULL DEFAULT '{}',

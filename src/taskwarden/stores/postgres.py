@@ -1,0 +1,725 @@
+"""The scale-out store: PostgreSQL through asyncpg and a connection pool.
+
+Every verb is one statement or one short transaction. Compare-and-set is ``UPDATE ... WHERE
+state = ANY($n) RETURNING``; claiming locks candidate rows with ``FOR UPDATE SKIP LOCKED`` so
+concurrent claimers on any number of machines skip each other's rows instead of waiting.
+Migrations run under a transaction-scoped advisory lock, so workers starting together apply
+each migration once.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import asyncpg
+
+from taskwarden.abc import Store
+from taskwarden.clock import Clock, SystemClock
+from taskwarden.errors import (
+    InvalidDefinition,
+    InvalidTransition,
+    ProcessNotFound,
+    SchemaError,
+    StoreError,
+    TaskwardenError,
+)
+from taskwarden.model import CancelationReason, OperationStatus, RunRecord
+from taskwarden.processes import ACTIVE_STATES, LogEntry, ProcessRecord, ProcessState
+from taskwarden.stores.base import (
+    BOOL_FIELDS,
+    JSON_FIELDS,
+    PROCESS_COLUMNS,
+    RUN_COLUMNS,
+    TIME_FIELDS,
+    check_definition_fields,
+    check_edges,
+    check_limit,
+    check_metadata_filter,
+    check_runtime_fields,
+    json_dumps,
+    load_migrations,
+    log_to_json,
+    parse_cursor,
+    retry_transient,
+    state_filter,
+    table_names,
+    to_utc,
+    transition_defaults,
+)
+
+__all__ = ["PostgresStore"]
+
+logger = logging.getLogger("taskwarden.stores.postgres")
+
+T = TypeVar("T")
+
+_COLS = ", ".join(PROCESS_COLUMNS)
+_ACTIVE = sorted(state.value for state in ACTIVE_STATES)
+_json_loads = json.loads
+
+# Errors after which the statement certainly did not commit, so running it again is safe.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.CannotConnectNowError,
+    ConnectionRefusedError,
+)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, _TRANSIENT)
+
+
+def _loads(text: str) -> Any:
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
+    return _json_loads(text)
+
+
+def _log(items: list[dict[str, Any]]) -> tuple[LogEntry, ...]:
+    if not items:
+        return ()
+    return tuple(
+        LogEntry(
+            timestamp=datetime.fromisoformat(item["timestamp"]),
+            level=item["level"],
+            message=item["message"],
+            data=item.get("data"),
+        )
+        for item in items
+    )
+
+
+def _record(row: Sequence[Any]) -> ProcessRecord:
+    """A row in PROCESS_COLUMNS order as a record."""
+    return ProcessRecord(
+        process_id=row[0],
+        name=row[1],
+        description=row[2],
+        params=row[3],
+        metadata=row[4],
+        parent_id=row[5],
+        root_id=row[6],
+        depth=row[7],
+        order=row[8],
+        cancellable=row[9],
+        adhoc=row[10],
+        ephemeral=row[11],
+        special=row[12],
+        warning=row[13],
+        schedule=row[14],
+        state=ProcessState(row[15]),
+        error=row[16],
+        running_since=row[17],
+        done_at=row[18],
+        duration=row[19],
+        failed_at=row[20],
+        stopped_at=row[21],
+        progress_percent=row[22],
+        progress_message=row[23],
+        log=_log(row[24]),
+        created_at=row[25],
+        run_number=row[26],
+        lease_owner=row[27],
+        lease_expires_at=row[28],
+        last_cron_tick=row[29],
+        updated_at=row[30],
+        resumable=row[31],
+    )
+
+
+def _encode(field: str, value: Any) -> Any:
+    """One field's value as asyncpg sends it (JSON as text, times as aware UTC)."""
+    if value is None:
+        return None
+    if field in TIME_FIELDS:
+        return to_utc(value)
+    if field in JSON_FIELDS:
+        return json_dumps(value, field)
+    if field == "log":
+        return json_dumps(log_to_json(value), "log data")
+    if field in BOOL_FIELDS:
+        return bool(value)
+    if field == "state":
+        return ProcessState(value).value
+    return value
+
+
+def _run_from_row(row: Sequence[Any]) -> RunRecord:
+    return RunRecord(
+        index=row[0],
+        operation_id=row[1],
+        name=row[2],
+        kind=row[3],
+        status=OperationStatus(row[4]),
+        started_at=row[5],
+        ended_at=row[6],
+        duration=row[7],
+        result=row[8],
+        error=row[9],
+        traceback=row[10],
+        cancel_reason=None if row[11] is None else CancelationReason(row[11]),
+        cancel_message=row[12],
+        parent_id=row[13],
+        metadata=row[14],
+        process_id=row[15],
+        run_number=row[16],
+    )
+
+
+def _count(status: str) -> int:
+    """The row count of a command status such as ``UPDATE 3``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # JSON travels as text we encoded ourselves (json_dumps refuses non-JSON values the
+    # same way on every backend); decoding gives plain dicts and lists.
+    for type_name in ("jsonb", "json"):
+        await conn.set_type_codec(
+            type_name, encoder=str, decoder=_loads, schema="pg_catalog", format="text"
+        )
+
+
+class PostgresStore(Store):
+    """Process records and history in PostgreSQL (``postgresql://user:pass@host/db``).
+
+    Args:
+        dsn: a libpq connection URL.
+        prefix: starts every table name (several applications can share a database).
+        clock: decides lease expiry and ``updated_at`` (default: the system clock). Workers
+            on several machines compare lease times, so keep their clocks in sync (NTP) and
+            leases much longer than the skew.
+        min_size, max_size: bounds of the connection pool.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        prefix: str = "taskwarden",
+        clock: Clock | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+    ) -> None:
+        self.dsn = dsn
+        self.prefix = prefix
+        self.clock: Clock = clock or SystemClock()
+        self._t, self._runs, self._version = table_names(prefix)
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+        self._transition_sql: dict[tuple[Any, ...], str] = {}
+
+    def __repr__(self) -> str:
+        return f"PostgresStore(prefix={self.prefix!r})"
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``op`` on a pooled connection: transient failures retried, driver errors
+        wrapped in StoreError, domain errors passed through."""
+        pool = self._pool
+        if pool is None:
+            raise StoreError("the store is not open: call await store.open() or use async with")
+
+        async def attempt() -> T:
+            async with pool.acquire() as conn:
+                return await op(conn)
+
+        try:
+            return await retry_transient(attempt, is_transient=_is_transient)
+        except TaskwardenError:
+            raise
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StoreError(f"PostgreSQL store (prefix {self.prefix!r}) failed: {exc}") from exc
+
+    async def _fetch_records(self, sql: str, *args: Any) -> builtins.list[ProcessRecord]:
+        async def op(conn: asyncpg.Connection) -> builtins.list[ProcessRecord]:
+            return [_record(row) for row in await conn.fetch(sql, *args)]
+
+        return await self._run(op)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """See :meth:`Store.open`: creates the pool and migrates under an advisory lock."""
+        if self._pool is not None:
+            return
+        try:
+            pool = await retry_transient(
+                lambda: asyncpg.create_pool(
+                    self.dsn,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    init=_init_connection,
+                    statement_cache_size=512,
+                ),
+                is_transient=_is_transient,
+            )
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+        assert pool is not None
+        try:
+            async with pool.acquire() as conn:
+                await self._migrate(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        """See :meth:`Store.close`: waits for borrowed connections, then closes the pool."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        migrations = load_migrations("postgres", self.prefix)
+        latest = migrations[-1][0]
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._version)
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self._version} "
+                    "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+                )
+                current = await conn.fetchval(f"SELECT max(version) FROM {self._version}") or 0
+                if current > latest:
+                    raise SchemaError(
+                        f"the database has schema version {current} (prefix {self.prefix!r}), "
+                        f"newer than this taskwarden knows ({latest}): upgrade taskwarden"
+                    )
+                for version, statements in migrations:
+                    if version <= current:
+                        continue
+                    logger.info("migrating prefix %s to schema version %d", self.prefix, version)
+                    for statement in statements:
+                        await conn.execute(statement)
+                    await conn.execute(
+                        f"INSERT INTO {self._version} (version, applied_at) VALUES ($1, $2)",
+                        version,
+                        self.clock.wall(),
+                    )
+        except asyncpg.PostgresError as exc:
+            raise SchemaError(f"migrating prefix {self.prefix!r} failed: {exc}") from exc
+
+    # -- definitions ------------------------------------------------------------------
+
+    async def create(self, record: ProcessRecord) -> ProcessRecord:
+        """See :meth:`Store.create`."""
+        fields = ["order" if c == "sort_order" else c for c in PROCESS_COLUMNS]
+        values = [_encode(field, getattr(record, field)) for field in fields]
+        values[PROCESS_COLUMNS.index("updated_at")] = self.clock.wall()
+        placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+        sql = f"INSERT INTO {self._t} ({_COLS}) VALUES ({placeholders}) RETURNING {_COLS}"
+
+        async def op(conn: asyncpg.Connection) -> ProcessRecord:
+            try:
+                row = await conn.fetchrow(sql, *values)
+            except asyncpg.UniqueViolationError:
+                raise InvalidDefinition(
+                    f"a process with id {record.process_id!r} exists: pick another id, or "
+                    "update_definition() it"
+                ) from None
+            return _record(row)
+
+        return await self._run(op)
+
+    async def update_definition(self, process_id: str, /, **fields: Any) -> ProcessRecord:
+        """See :meth:`Store.update_definition`."""
+        check_definition_fields(fields)
+        fields["updated_at"] = self.clock.wall()
+        names = list(fields)
+        sets = ", ".join(
+            f"{'sort_order' if name == 'order' else name} = ${i}"
+            for i, name in enumerate(names, start=2)
+        )
+        sql = f"UPDATE {self._t} SET {sets} WHERE process_id = $1 RETURNING {_COLS}"
+        args = [process_id, *(_encode(name, fields[name]) for name in names)]
+
+        async def op(conn: asyncpg.Connection) -> ProcessRecord:
+            row = await conn.fetchrow(sql, *args)
+            if row is None:
+                raise ProcessNotFound(process_id)
+            return _record(row)
+
+        return await self._run(op)
+
+    # -- queries ----------------------------------------------------------------------
+
+    async def get(self, process_id: str) -> ProcessRecord | None:
+        """See :meth:`Store.get`."""
+        found = await self._fetch_records(
+            f"SELECT {_COLS} FROM {self._t} WHERE process_id = $1", process_id
+        )
+        return found[0] if found else None
+
+    async def list(
+        self,
+        *,
+        state: ProcessState | Collection[ProcessState] | None = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> builtins.list[ProcessRecord]:
+        """See :meth:`Store.list`."""
+        states = state_filter(state)
+        wanted = check_metadata_filter(metadata)
+        after = parse_cursor(cursor)
+        check_limit(limit)
+        where: builtins.list[str] = []
+        args: builtins.list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if states is not None:
+            if not states:
+                return []
+            where.append(f"state = ANY({arg(sorted(s.value for s in states))}::text[])")
+        if root_id is not None:
+            where.append(f"root_id = {arg(root_id)}")
+        if parent_id is not None:
+            where.append(f"parent_id = {arg(parent_id)}")
+        for key, value in wanted.items():
+            where.append(f"metadata @> {arg(json_dumps({key: value}, 'metadata filter'))}::jsonb")
+        if after is not None:
+            depth, order, last_id = after
+            where.append(
+                f"(depth, sort_order, process_id) > ({arg(depth)}, {arg(order)}, {arg(last_id)})"
+            )
+        sql = f"SELECT {_COLS} FROM {self._t}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY depth, sort_order, process_id"
+        if limit is not None:
+            sql += f" LIMIT {arg(limit)}"
+        return await self._fetch_records(sql, *args)
+
+    async def children(self, process_id: str) -> builtins.list[ProcessRecord]:
+        """See :meth:`Store.children`."""
+        return await self._fetch_records(
+            f"SELECT {_COLS} FROM {self._t} WHERE parent_id = $1 ORDER BY sort_order, process_id",
+            process_id,
+        )
+
+    # -- deletion ---------------------------------------------------------------------
+
+    def _subtree_sql(self) -> str:
+        return (
+            f"WITH RECURSIVE sub(id) AS (SELECT process_id FROM {self._t} WHERE parent_id = $1 "
+            f"UNION SELECT t.process_id FROM {self._t} AS t JOIN sub ON t.parent_id = sub.id) "
+            f"DELETE FROM {self._t} WHERE process_id IN (SELECT id FROM sub)"
+        )
+
+    async def delete(
+        self,
+        process_id: str,
+        *,
+        only_if_states: Collection[ProcessState] | None = None,
+        descendants: bool = False,
+    ) -> bool:
+        """See :meth:`Store.delete`."""
+        sql = f"DELETE FROM {self._t} WHERE process_id = $1"
+        args: builtins.list[Any] = [process_id]
+        if only_if_states is not None:
+            states = sorted(ProcessState(s).value for s in only_if_states)
+            if not states:
+                return False
+            sql += " AND state = ANY($2::text[])"
+            args.append(states)
+
+        async def op(conn: asyncpg.Connection) -> bool:
+            async with conn.transaction():
+                if _count(await conn.execute(sql, *args)) != 1:
+                    return False
+                if descendants:
+                    await conn.execute(self._subtree_sql(), process_id)
+                return True
+
+        return await self._run(op)
+
+    async def delete_descendants(self, process_id: str) -> int:
+        """See :meth:`Store.delete_descendants`."""
+
+        async def op(conn: asyncpg.Connection) -> int:
+            return _count(await conn.execute(self._subtree_sql(), process_id))
+
+        return await self._run(op)
+
+    # -- state changes ----------------------------------------------------------------
+
+    async def transition(
+        self,
+        process_id: str,
+        expected_states: Collection[ProcessState],
+        to_state: ProcessState,
+        /,
+        *,
+        expected_owner: str | None = None,
+        **fields: Any,
+    ) -> ProcessRecord:
+        """See :meth:`Store.transition`."""
+        expected = check_edges(process_id, expected_states, to_state)
+        check_runtime_fields(fields)
+        target = ProcessState(to_state)
+        increment, clear = transition_defaults(target, fields)
+        names = sorted(fields)
+        key = (tuple(names), increment, clear, expected_owner is not None)
+        sql = self._transition_sql.get(key)
+        if sql is None:
+            sets = ["state = $4", "updated_at = $5"]
+            sets.extend(f"{name} = ${i}" for i, name in enumerate(names, start=6))
+            if increment:
+                sets.append("run_number = run_number + 1")
+            if clear:
+                sets.append("lease_owner = NULL, lease_expires_at = NULL")
+            owner = (
+                " AND lease_owner = $3" if expected_owner is not None else " AND $3::text IS NULL"
+            )
+            sql = (
+                f"UPDATE {self._t} SET {', '.join(sets)} WHERE process_id = $1 "
+                f"AND state = ANY($2::text[]){owner} RETURNING {_COLS}"
+            )
+            self._transition_sql[key] = sql
+        args = [
+            process_id,
+            [state.value for state in expected],
+            expected_owner,
+            target.value,
+            self.clock.wall(),
+            *(_encode(name, fields[name]) for name in names),
+        ]
+
+        async def op(conn: asyncpg.Connection) -> ProcessRecord:
+            row = await conn.fetchrow(sql, *args)
+            if row is not None:
+                return _record(row)
+            found = await conn.fetchrow(
+                f"SELECT state, lease_owner FROM {self._t} WHERE process_id = $1", process_id
+            )
+            if found is None:
+                raise ProcessNotFound(process_id)
+            state, lease_owner = found
+            if expected_owner is not None and lease_owner != expected_owner:
+                raise InvalidTransition(
+                    process_id,
+                    state,
+                    target,
+                    f"process {process_id!r} is leased by {lease_owner!r}, not "
+                    f"{expected_owner!r}: its lease was lost",
+                )
+            raise InvalidTransition(process_id, state, target)
+
+        return await self._run(op)
+
+    async def update_progress(
+        self,
+        process_id: str,
+        percent: float | None,
+        message: str | None,
+        log_entries: Sequence[LogEntry] = (),
+        max_log: int = 1000,
+    ) -> None:
+        """See :meth:`Store.update_progress`."""
+        now = self.clock.wall()
+        if log_entries:
+            new_log = json_dumps(log_to_json(log_entries), "log data")
+            # Append, then keep the newest max_log entries, in one statement.
+            sql = (
+                f"UPDATE {self._t} SET progress_percent = $2, progress_message = $3, "
+                "updated_at = $4, log = CASE "
+                "WHEN $6 <= 0 THEN '[]'::jsonb "
+                "WHEN jsonb_array_length(log) + jsonb_array_length($5::jsonb) <= $6 "
+                "THEN log || $5::jsonb "
+                "ELSE (SELECT jsonb_agg(e ORDER BY i) FROM (SELECT e, i FROM "
+                "jsonb_array_elements(log || $5::jsonb) WITH ORDINALITY AS x(e, i) "
+                "ORDER BY i DESC LIMIT $6) AS kept) END WHERE process_id = $1"
+            )
+            args: tuple[Any, ...] = (process_id, percent, message, now, new_log, max_log)
+        else:
+            sql = (
+                f"UPDATE {self._t} SET progress_percent = $2, progress_message = $3, "
+                "updated_at = $4 WHERE process_id = $1"
+            )
+            args = (process_id, percent, message, now)
+
+        async def op(conn: asyncpg.Connection) -> None:
+            if _count(await conn.execute(sql, *args)) != 1:
+                raise ProcessNotFound(process_id)
+
+        await self._run(op)
+
+    # -- leases -----------------------------------------------------------------------
+
+    async def claim(
+        self, worker: str, lease_seconds: float, limit: int = 1
+    ) -> builtins.list[ProcessRecord]:
+        """See :meth:`Store.claim`."""
+        if limit <= 0:
+            return []
+        now = self.clock.wall()
+        sql = (
+            f"WITH picked AS (SELECT process_id, updated_at AS queued_at FROM {self._t} "
+            "WHERE state = 'scheduled' AND (lease_expires_at IS NULL OR lease_expires_at <= $3) "
+            "ORDER BY updated_at, process_id LIMIT $4 FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {self._t} AS t SET lease_owner = $1, lease_expires_at = $2, updated_at = $3 "
+            "FROM picked WHERE t.process_id = picked.process_id "
+            f"RETURNING picked.queued_at, {', '.join('t.' + c for c in PROCESS_COLUMNS)}"
+        )
+        args = (worker, now + timedelta(seconds=lease_seconds), now, limit)
+
+        async def op(conn: asyncpg.Connection) -> builtins.list[ProcessRecord]:
+            rows = sorted(await conn.fetch(sql, *args), key=lambda r: (r[0], r[1]))
+            return [_record(tuple(row)[1:]) for row in rows]
+
+        return await self._run(op)
+
+    async def renew_leases(
+        self, worker: str, process_ids: Collection[str], lease_seconds: float
+    ) -> builtins.list[str]:
+        """See :meth:`Store.renew_leases`."""
+        ids = list(dict.fromkeys(process_ids))
+        if not ids:
+            return []
+        now = self.clock.wall()
+        sql = (
+            f"UPDATE {self._t} SET lease_expires_at = $3, updated_at = $4 "
+            "WHERE lease_owner = $1 AND process_id = ANY($2::text[]) "
+            "AND state = ANY($5::text[]) RETURNING process_id"
+        )
+        args = (worker, ids, now + timedelta(seconds=lease_seconds), now, _ACTIVE)
+
+        async def op(conn: asyncpg.Connection) -> builtins.list[str]:
+            return [row[0] for row in await conn.fetch(sql, *args)]
+
+        return await self._run(op)
+
+    async def release(self, worker: str, process_ids: Collection[str]) -> builtins.list[str]:
+        """See :meth:`Store.release`."""
+        ids = list(dict.fromkeys(process_ids))
+        if not ids:
+            return []
+        sql = (
+            f"UPDATE {self._t} SET lease_owner = NULL, lease_expires_at = NULL, updated_at = $3 "
+            "WHERE lease_owner = $1 AND process_id = ANY($2::text[]) RETURNING process_id"
+        )
+        args = (worker, ids, self.clock.wall())
+
+        async def op(conn: asyncpg.Connection) -> builtins.list[str]:
+            return [row[0] for row in await conn.fetch(sql, *args)]
+
+        return await self._run(op)
+
+    async def expire_leases(self, now: datetime | None = None) -> builtins.list[ProcessRecord]:
+        """See :meth:`Store.expire_leases`."""
+        wall = self.clock.wall()
+        cutoff = to_utc(now) if now is not None else wall
+        # SKIP LOCKED: of two recoverers, each row goes to the one that locks it first.
+        sql = (
+            f"WITH expired AS (SELECT process_id FROM {self._t} WHERE lease_owner IS NOT NULL "
+            "AND lease_expires_at <= $1 AND state = ANY($3::text[]) FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {self._t} AS t SET lease_owner = NULL, lease_expires_at = NULL, "
+            "updated_at = $2 FROM expired WHERE t.process_id = expired.process_id "
+            f"RETURNING {', '.join('t.' + c for c in PROCESS_COLUMNS)}"
+        )
+        found = await self._fetch_records(sql, cutoff, wall, _ACTIVE)
+        found.sort(key=lambda r: r.process_id)
+        return found
+
+    async def mark_cron_tick(self, process_id: str, tick: datetime) -> bool:
+        """See :meth:`Store.mark_cron_tick`."""
+        sql = (
+            f"UPDATE {self._t} SET last_cron_tick = $2, updated_at = $3 WHERE process_id = $1 "
+            "AND (last_cron_tick IS NULL OR last_cron_tick < $2)"
+        )
+        args = (process_id, to_utc(tick), self.clock.wall())
+
+        async def op(conn: asyncpg.Connection) -> bool:
+            if _count(await conn.execute(sql, *args)) == 1:
+                return True
+            if await conn.fetchval(f"SELECT 1 FROM {self._t} WHERE process_id = $1", process_id):
+                return False
+            raise ProcessNotFound(process_id)
+
+        return await self._run(op)
+
+    # -- history ----------------------------------------------------------------------
+
+    async def record_run(self, run: RunRecord) -> RunRecord:
+        """See :meth:`Store.record_run`."""
+        values = (
+            run.operation_id,
+            run.name,
+            run.kind,
+            OperationStatus(run.status).value,
+            to_utc(run.started_at),
+            None if run.ended_at is None else to_utc(run.ended_at),
+            run.duration,
+            run.result,
+            run.error,
+            run.traceback,
+            None if run.cancel_reason is None else CancelationReason(run.cancel_reason).value,
+            run.cancel_message,
+            run.parent_id,
+            json_dumps(run.metadata, "run metadata"),
+            run.process_id,
+            run.run_number,
+        )
+        placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+        sql = (
+            f"INSERT INTO {self._runs} ({', '.join(RUN_COLUMNS[1:])}) VALUES ({placeholders}) "
+            f"RETURNING {', '.join(RUN_COLUMNS)}"
+        )
+
+        async def op(conn: asyncpg.Connection) -> RunRecord:
+            return _run_from_row(await conn.fetchrow(sql, *values))
+
+        return await self._run(op)
+
+    async def query_history(
+        self,
+        *,
+        process_id: str | None = None,
+        name: str | None = None,
+        status: OperationStatus | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[RunRecord]:
+        """See :meth:`Store.query_history`."""
+        check_limit(limit)
+        where: builtins.list[str] = []
+        args: builtins.list[Any] = []
+        for column, value in (
+            ("process_id", process_id),
+            ("name", name),
+            ("status", None if status is None else OperationStatus(status).value),
+            ("started_at", None if since is None else to_utc(since)),
+        ):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} {'>=' if column == 'started_at' else '='} ${len(args)}")
+        sql = f"SELECT {', '.join(RUN_COLUMNS)} FROM {self._runs}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY idx DESC"
+        if limit is not None:
+            args.append(limit)
+            sql += f" LIMIT ${len(args)}"
+
+        async def op(conn: asyncpg.Connection) -> builtins.list[RunRecord]:
+            return [_run_from_row(row) for row in await conn.fetch(sql, *args)]
+
+        return await self._run(op)
