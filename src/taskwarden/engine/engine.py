@@ -170,6 +170,8 @@ class Engine(RunMixin):
         self._blocked = False
         self._cron = CronScheduler(self.clock, lambda: self._schedules, self._fire_cron)
         self._cron_task: asyncio.Task[None] | None = None
+        self.running = asyncio.Event()
+        """Set while :meth:`run` is active (the scheduler fires only then)."""
         self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
         self._shutdown_task: asyncio.Task[None] | None = None
@@ -211,12 +213,14 @@ class Engine(RunMixin):
                 installed.append(signum)
         self._cron_task = loop.create_task(self._cron.run(), name="taskwarden-cron")
         self._cron_task.add_done_callback(self._log_task_failure)
+        self.running.set()
         try:
             await self._stop.wait()
             if self._shutdown_task is not None:
                 await self._shutdown_task
             await self._stopped.wait()
         finally:
+            self.running.clear()
             for signum in installed:
                 loop.remove_signal_handler(signum)
             await self._stop_cron()
@@ -489,10 +493,12 @@ class Engine(RunMixin):
             lease_owner=self.engine_id,
             **_RESET_FIELDS,
         )
-        self._notify(scheduled)
         if record.state is not S.IDLE:
             await self.store.delete_descendants(process_id)
-        return self._start_run(scheduled, definition)
+        # Registered before anyone hears of it, so a cancel right after finds the run.
+        run = self._start_run(scheduled, definition)
+        self._notify(scheduled)
+        return run
 
     # ------------------------------------------------------------------ cancel
     async def cancel(self, process_id: str) -> None:

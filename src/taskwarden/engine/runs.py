@@ -381,11 +381,11 @@ class RunMixin:
         scheduled = await self.store.transition(
             task.process_id, {S.IDLE}, S.SCHEDULED, lease_owner=self.engine_id
         )
-        self._notify(scheduled)
         listener = fan.listener(task.process_id, task.name) if fan is not None else None
+        run = self._start_run(scheduled, task, parent=parent_run, listener=listener)
+        self._notify(scheduled)
         if listener is not None:
             listener("scheduled", None, None)
-        run = self._start_run(scheduled, task, parent=parent_run, listener=listener)
         assert run.task is not None
         try:
             await run.done.wait()

@@ -1,0 +1,181 @@
+"""Cancelling processes: the seed's states, the cooperative flag, the forced cancel, and
+runs that ignore both (recorded failed as abandoned)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from taskwarden.engine import ProcessContext
+from taskwarden.errors import NotCancellable, ProcessNotFound
+from taskwarden.model import OperationStatus
+from taskwarden.processes import ProcessState
+from tests.engine_support import StateLog, started_engine, task
+
+S = ProcessState
+
+
+async def test_cancelling_a_scheduled_process_goes_straight_to_cancelled() -> None:
+    release = asyncio.Event()
+
+    async def hold(ctx: ProcessContext) -> None:
+        await release.wait()
+
+    async with started_engine(task("a", hold), task("b"), max_concurrency=1) as engine:
+        log = StateLog(engine)
+        await engine.launch("a")
+        await log.wait_for("a", S.RUNNING)
+        await engine.launch("b")
+        await engine.cancel("b")
+        assert log.states("b") == [S.SCHEDULED, S.CANCELLED]
+        record = await engine.get_process("b")
+        assert record is not None and record.stopped_at is not None
+        release.set()
+        await log.wait_for("a", S.DONE)
+        assert log.states("b") == [S.SCHEDULED, S.CANCELLED]
+
+
+async def test_cancelled_scheduled_process_releases_launch_and_wait() -> None:
+    release = asyncio.Event()
+
+    async def hold(ctx: ProcessContext) -> None:
+        await release.wait()
+
+    async with started_engine(task("a", hold), task("b"), max_concurrency=1) as engine:
+        log = StateLog(engine)
+        await engine.launch("a")
+        await log.wait_for("a", S.RUNNING)
+        waiter = asyncio.create_task(engine.launch_and_wait("b"))
+        await log.wait_for("b", S.SCHEDULED)
+        await engine.cancel("b")
+        await asyncio.wait_for(waiter, 2)
+        release.set()
+
+
+async def test_cooperative_cancel_goes_through_cancel_requested_and_cancelling() -> None:
+    started = asyncio.Event()
+
+    async def polite(ctx: ProcessContext) -> None:
+        started.set()
+        while ctx.should_continue():  # noqa: ASYNC110 - the cooperative loop under test
+            await asyncio.sleep(0)
+
+    async with started_engine(task("p", polite), cancel_grace=5.0) as engine:
+        log = StateLog(engine)
+        await engine.launch("p")
+        await asyncio.wait_for(started.wait(), 2)
+        await engine.cancel("p")
+        await log.wait_for("p", S.CANCELLED)
+        assert log.states("p") == [
+            S.SCHEDULED,
+            S.RUNNING,
+            S.CANCEL_REQUESTED,
+            S.CANCELLING,
+            S.CANCELLED,
+        ]
+        [run] = await engine.store.query_history(process_id="p")
+        assert run.status is OperationStatus.CANCELLED
+
+
+async def test_a_task_that_never_checks_the_flag_is_forced_after_the_grace_period() -> None:
+    started = asyncio.Event()
+
+    async def deaf(ctx: ProcessContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with started_engine(task("p", deaf), cancel_grace=0.05) as engine:
+        log = StateLog(engine)
+        await engine.launch("p")
+        await asyncio.wait_for(started.wait(), 2)
+        await engine.cancel("p")
+        await log.wait_for("p", S.CANCELLED, timeout=2)
+
+
+async def test_a_run_that_swallows_the_forced_cancel_is_recorded_failed_as_abandoned() -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+    swallowed = asyncio.Event()
+
+    async def stubborn(ctx: ProcessContext) -> None:
+        started.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                swallowed.set()
+
+    async with started_engine(task("p", stubborn), cancel_grace=0.02, abandon_after=0.05) as engine:
+        log = StateLog(engine)
+        await engine.launch("p")
+        await asyncio.wait_for(started.wait(), 2)
+        await engine.cancel("p")
+        await log.wait_for("p", S.FAILED, timeout=3)
+        assert swallowed.is_set()
+        record = await engine.get_process("p")
+        assert record is not None and record.error is not None
+        assert record.error.startswith("abandoned")
+        [live] = engine.registry.get_operations_by_name("p")
+        assert live.metadata["abandoned"] is True
+        [run] = await engine.store.query_history(process_id="p")
+        assert run.status is OperationStatus.FAILED
+        release.set()
+        await wait_gone(engine, "p")
+        record = await engine.get_process("p")
+        assert record is not None and record.state is S.FAILED  # the late end changes nothing
+
+
+async def wait_gone(engine: object, name: str) -> None:
+    registry = getattr(engine, "registry")  # noqa: B009
+    async with asyncio.timeout(2):
+        while registry.get_operations_by_name(name):  # noqa: ASYNC110
+            await asyncio.sleep(0)
+
+
+async def test_cancel_refusals_are_typed() -> None:
+    async with started_engine(task("locked", cancellable=False), task("idle")) as engine:
+        with pytest.raises(NotCancellable) as locked:
+            await engine.cancel("locked")
+        assert locked.value.reason == "not-cancellable"
+        with pytest.raises(NotCancellable):
+            await engine.cancel("idle")
+        with pytest.raises(ProcessNotFound):
+            await engine.cancel("missing")
+
+
+async def test_cancel_group_cancels_matching_cancellable_processes_only() -> None:
+    async def forever(ctx: ProcessContext) -> None:
+        await ctx.wait_cancelled()
+
+    tasks = [
+        task("a1", forever, metadata={"customer": "1"}),
+        task("a2", forever, metadata={"customer": "1"}),
+        task("b1", forever, metadata={"customer": "2"}),
+    ]
+    async with started_engine(*tasks) as engine:
+        log = StateLog(engine)
+        for t in tasks:
+            await engine.launch(t.process_id)
+        for t in tasks:
+            await log.wait_for(t.process_id, S.RUNNING)
+        cancelled = await engine.cancel_group_and_wait({"customer": "1"})
+        assert sorted(cancelled) == ["a1", "a2"]
+        states = {r.process_id: r.state for r in await engine.list_processes()}
+        assert states == {"a1": S.CANCELLED, "a2": S.CANCELLED, "b1": S.RUNNING}
+
+
+async def test_a_cancelled_process_can_be_relaunched() -> None:
+    async def forever(ctx: ProcessContext) -> None:
+        await ctx.wait_cancelled()
+
+    async with started_engine(task("p", forever)) as engine:
+        log = StateLog(engine)
+        await engine.launch("p")
+        await log.wait_for("p", S.RUNNING)
+        await engine.cancel("p")
+        await log.wait_for("p", S.CANCELLED)
+        await engine.launch("p")
+        await log.wait_for("p", S.RUNNING, count=2)
+        record = await engine.get_process("p")
+        assert record is not None and record.run_number == 2
