@@ -411,14 +411,15 @@ class Store(ABC):
     ) -> builtins.list[ProcessRecord]:
         """Take up to ``limit`` ``scheduled`` processes that have no live lease.
 
-        A lease is live while ``lease_expires_at`` is after the store clock's now. Each
+        A lease is live while ``lease_owner`` is set and ``lease_expires_at`` is after the
+        store clock's now, or is None (a hold without expiry, e.g. an engine keeping a child
+        it runs in-process; it lasts until released or the process ends). Each
         taken record gets ``lease_owner = worker`` and ``lease_expires_at = now +
         lease_seconds``, atomically, so two concurrent claimers (tasks, processes or
         machines) never take the same process (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: a
         claimer skips rows another is taking instead of waiting). The oldest scheduled
         (by ``updated_at``, then ``process_id``) come first; the result keeps that order.
-        A process scheduled with a live lease (e.g. a child run in-process by its parent's
-        engine) is never claimed.
+        A process scheduled with a live lease is never claimed.
         """
 
     @abstractmethod

@@ -752,6 +752,7 @@ async def test_claim_takes_scheduled_processes_without_a_live_lease(
     """Only scheduled, unleased (or expired) processes are claimed, oldest first, up to limit."""
     await put(store, S.IDLE, process_id="idle")
     await put(store, S.RUNNING, process_id="running")
+    await put(store, S.SCHEDULED, process_id="kept", lease_owner="engine")
     await put(
         store,
         S.SCHEDULED,

@@ -304,7 +304,10 @@ class MemoryStore(Store):
                 record
                 for record in self._records.values()
                 if record.state is ProcessState.SCHEDULED
-                and (record.lease_expires_at is None or record.lease_expires_at <= now)
+                and (
+                    record.lease_owner is None
+                    or (record.lease_expires_at is not None and record.lease_expires_at <= now)
+                )
             ),
             key=lambda r: (r.updated_at, r.process_id),
         )

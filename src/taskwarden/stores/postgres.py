@@ -573,7 +573,7 @@ class PostgresStore(Store):
         now = self.clock.wall()
         sql = (
             f"WITH picked AS (SELECT process_id, updated_at AS queued_at FROM {self._t} "
-            "WHERE state = 'scheduled' AND (lease_expires_at IS NULL OR lease_expires_at <= $3) "
+            "WHERE state = 'scheduled' AND (lease_owner IS NULL OR lease_expires_at <= $3) "
             "ORDER BY updated_at, process_id LIMIT $4 FOR UPDATE SKIP LOCKED) "
             f"UPDATE {self._t} AS t SET lease_owner = $1, lease_expires_at = $2, updated_at = $3 "
             "FROM picked WHERE t.process_id = picked.process_id "

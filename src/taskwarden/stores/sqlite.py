@@ -787,7 +787,7 @@ class SQLiteStore(Store):
             row[0]
             for row in conn.execute(
                 f"SELECT process_id FROM {self._t} WHERE state = 'scheduled' "
-                "AND (lease_expires_at IS NULL OR lease_expires_at <= ?) "
+                "AND (lease_owner IS NULL OR lease_expires_at <= ?) "
                 "ORDER BY updated_at, process_id LIMIT ?",
                 (now, limit),
             )
