@@ -543,6 +543,34 @@ async def test_a_task_registered_while_running_starts_at_once(
         assert registry.get_operation_by_name("late") is not None
 
 
+async def test_a_task_registered_by_another_during_start_up_starts_too(
+    supervisor: Supervisor, clock: FakeClock
+) -> None:
+    helper = Runs(clock)
+
+    async def first() -> None:
+        supervisor.register_critical_task(config("helper", helper))
+        await forever()
+
+    supervisor.register_critical_task(config("first", first))
+    async with running(supervisor):
+        await supervisor.wait_for_state("helper", TaskState.RUNNING)
+    assert helper.cancelled == 1
+
+
+async def test_a_task_registered_while_stopped_waits_pending_for_the_next_start(
+    supervisor: Supervisor, clock: FakeClock
+) -> None:
+    supervisor.register_critical_task(config("poll", Runs(clock)))
+    assert supervisor.get_task_state("poll") is TaskState.PENDING
+    health = supervisor.get_task_health("poll")
+    assert health is not None and health.problems == ("not running (pending)",)
+    async with running(supervisor):
+        assert supervisor.get_task_state("poll") is TaskState.RUNNING
+    async with running(supervisor):  # a supervisor can start again after a stop
+        await supervisor.wait_for_state("poll", TaskState.RUNNING, min_attempts=2)
+
+
 # ---------------------------------------------------------------------------- run state
 
 

@@ -232,7 +232,10 @@ class Supervisor:
 
     # ------------------------------------------------------------------ registration
     def register_critical_task(self, config: CriticalTaskConfig) -> None:
-        """Supervise ``config``; it starts at once if the supervisor is running.
+        """Supervise ``config``; it starts at once if the supervisor is starting or started.
+
+        Registered while the supervisor is stopping or stopped, it waits (``PENDING``) for
+        the next start.
 
         Raises:
             ConfigurationError: a critical task with this name is already registered.
@@ -247,7 +250,10 @@ class Supervisor:
         stats = self._book.register(config.name, config.category, config.priority)
         watched = self._watched[config.name] = _Watched(config, stats)
         logger.debug("registered critical task %r", config.name)
-        if self._state is SupervisorState.STARTED:
+        if self._task_group is not None and self._state in (
+            SupervisorState.STARTING,
+            SupervisorState.STARTED,
+        ):
             self._spawn(watched)
 
     def unregister_critical_task(self, name: str) -> bool:
