@@ -361,6 +361,7 @@ class Store(ABC):
         /,
         *,
         expected_owner: str | None = None,
+        run: RunRecord | None = None,
         **fields: Any,
     ) -> ProcessRecord:
         """Compare-and-set the state: one atomic write, returning the new record.
@@ -376,6 +377,11 @@ class Store(ABC):
         - a transition into ``running`` increments ``run_number``;
         - a transition into ``idle`` or an END state clears ``lease_owner`` and
           ``lease_expires_at``.
+
+        With ``run``, the finished run is appended to the history in the same transaction,
+        only if the compare-and-set wins (what :meth:`record_run` would do, without a second
+        round trip); its ``process_id`` and ``run_number``, when None, are taken from the
+        record.
 
         Raises:
             InvalidTransition: before any I/O if some ``expected -> to_state`` edge is not

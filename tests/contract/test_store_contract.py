@@ -701,6 +701,26 @@ async def test_concurrent_transitions_let_exactly_one_win(backend: Backend) -> N
         assert got is not None and got.run_number == 5
 
 
+async def test_transition_with_a_run_records_it_in_the_same_write(store: Store) -> None:
+    """run= appends the run to the history, numbered from the record, only on success."""
+    await put(store, S.SCHEDULED, process_id="t")
+    await store.transition("t", [S.SCHEDULED], S.RUNNING)
+    finished = run_record(name="T", process_id=None, run_number=None, metadata={"k": 1})
+    done = await store.transition("t", [S.RUNNING], S.DONE, run=finished)
+    with pytest.raises(InvalidTransition):
+        await store.transition("t", [S.RUNNING], S.FAILED, run=run_record(name="lost"))
+    history = await store.query_history()
+    assert len(history) == 1
+    assert (history[0].process_id, history[0].run_number) == ("t", done.run_number)
+    assert history[0] == dataclasses.replace(
+        finished, index=history[0].index, process_id="t", run_number=1
+    )
+    explicit = run_record(name="T", process_id="other", run_number=7)
+    await store.transition("t", [S.DONE], S.IDLE, run=explicit)
+    latest = (await store.query_history(limit=1))[0]
+    assert (latest.process_id, latest.run_number) == ("other", 7)
+
+
 # -- progress -----------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from taskwarden.errors import ConfigurationError, InvalidDefinition, InvalidTransition
-from taskwarden.model import RunRecord
+from taskwarden.model import CancelationReason, OperationStatus, RunRecord
 from taskwarden.processes import (
     DEFINITION_FIELDS,
     END_STATES,
@@ -55,6 +55,7 @@ __all__ = [
     "parse_cursor",
     "retry_transient",
     "retry_transient_sync",
+    "run_values",
     "state_filter",
     "table_names",
     "transition_defaults",
@@ -144,6 +145,37 @@ def load_migrations(dialect: str, prefix: str) -> list[tuple[int, list[str]]]:
         found.append((version, statements))
     found.sort()
     return found
+
+
+def run_values(
+    run: RunRecord,
+    encode_time: Callable[[datetime], Any],
+    *,
+    process_id: str | None = None,
+    run_number: int | None = None,
+) -> tuple[Any, ...]:
+    """A run's values in ``RUN_COLUMNS[1:]`` order (no index), metadata as JSON text.
+
+    ``process_id`` and ``run_number`` fill the run's own when those are None.
+    """
+    return (
+        run.operation_id,
+        run.name,
+        run.kind,
+        OperationStatus(run.status).value,
+        encode_time(run.started_at),
+        None if run.ended_at is None else encode_time(run.ended_at),
+        run.duration,
+        run.result,
+        run.error,
+        run.traceback,
+        None if run.cancel_reason is None else CancelationReason(run.cancel_reason).value,
+        run.cancel_message,
+        run.parent_id,
+        json_dumps(run.metadata, "run metadata"),
+        run.process_id if run.process_id is not None else process_id,
+        run.run_number if run.run_number is not None else run_number,
+    )
 
 
 # -- time and JSON ------------------------------------------------------------------------

@@ -244,6 +244,7 @@ class MemoryStore(Store):
         /,
         *,
         expected_owner: str | None = None,
+        run: RunRecord | None = None,
         **fields: Any,
     ) -> ProcessRecord:
         """See :meth:`Store.transition`."""
@@ -272,7 +273,22 @@ class MemoryStore(Store):
         for key in _TIME_FIELDS:
             if fields.get(key) is not None:
                 fields[key] = to_utc(fields[key])
-        return self._put(record, state=ProcessState(to_state), **fields)
+        history = None
+        if run is not None:
+            # Checked before the write, so a bad run leaves the record untouched.
+            history = self._prepare_run(run)
+        stored = self._put(record, state=ProcessState(to_state), **fields)
+        if history is not None:
+            self._append_run(
+                dataclasses.replace(
+                    history,
+                    process_id=history.process_id or process_id,
+                    run_number=(
+                        stored.run_number if history.run_number is None else history.run_number
+                    ),
+                )
+            )
+        return stored
 
     async def update_progress(
         self,
@@ -371,13 +387,18 @@ class MemoryStore(Store):
     async def record_run(self, run: RunRecord) -> RunRecord:
         """See :meth:`Store.record_run`."""
         self._check_open()
-        stored = dataclasses.replace(
+        return self._append_run(self._prepare_run(run))
+
+    def _prepare_run(self, run: RunRecord) -> RunRecord:
+        return dataclasses.replace(
             run,
-            index=next(self._run_index),
             metadata=_copy_json(run.metadata, "run metadata"),
             started_at=to_utc(run.started_at),
             ended_at=None if run.ended_at is None else to_utc(run.ended_at),
         )
+
+    def _append_run(self, run: RunRecord) -> RunRecord:
+        stored = dataclasses.replace(run, index=next(self._run_index))
         self._runs.append(stored)
         return stored
 

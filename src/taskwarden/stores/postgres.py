@@ -46,6 +46,7 @@ from taskwarden.stores.base import (
     log_to_json,
     parse_cursor,
     retry_transient,
+    run_values,
     state_filter,
     table_names,
     to_utc,
@@ -59,6 +60,25 @@ logger = logging.getLogger("taskwarden.stores.postgres")
 T = TypeVar("T")
 
 _COLS = ", ".join(PROCESS_COLUMNS)
+# The SQL types of RUN_COLUMNS[1:], for parameters that have no column to infer them from.
+_RUN_TYPES = (
+    "text",
+    "text",
+    "text",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "float8",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "jsonb",
+    "text",
+    "integer",
+)
 _ACTIVE = sorted(state.value for state in ACTIVE_STATES)
 _json_loads = json.loads
 
@@ -189,6 +209,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset hook: nothing to undo.
+
+    The default reset sends ``RESET ALL; UNLISTEN *; ...`` on every release, one extra
+    round trip per verb; this store never changes session state (no SET, LISTEN, session
+    advisory locks or cursors), and asyncpg still rolls back an open transaction itself.
+    """
+
+
 class PostgresStore(Store):
     """Process records and history in PostgreSQL (``postgresql://user:pass@host/db``).
 
@@ -261,6 +290,7 @@ class PostgresStore(Store):
                     min_size=self._min_size,
                     max_size=self._max_size,
                     init=_init_connection,
+                    reset=_keep_session,
                     statement_cache_size=512,
                 ),
                 is_transient=_is_transient,
@@ -469,6 +499,7 @@ class PostgresStore(Store):
         /,
         *,
         expected_owner: str | None = None,
+        run: RunRecord | None = None,
         **fields: Any,
     ) -> ProcessRecord:
         """See :meth:`Store.transition`."""
@@ -477,7 +508,7 @@ class PostgresStore(Store):
         target = ProcessState(to_state)
         increment, clear = transition_defaults(target, fields)
         names = sorted(fields)
-        key = (tuple(names), increment, clear, expected_owner is not None)
+        key = (tuple(names), increment, clear, expected_owner is not None, run is not None)
         sql = self._transition_sql.get(key)
         if sql is None:
             sets = ["state = $4", "updated_at = $5"]
@@ -493,6 +524,16 @@ class PostgresStore(Store):
                 f"UPDATE {self._t} SET {', '.join(sets)} WHERE process_id = $1 "
                 f"AND state = ANY($2::text[]){owner} RETURNING {_COLS}"
             )
+            if run is not None:
+                # A data-modifying CTE: the run is inserted only when the update matched.
+                first = 6 + len(names)
+                values = [f"${i}::{kind}" for i, kind in enumerate(_RUN_TYPES, start=first)]
+                values[-1] = f"COALESCE({values[-1]}, upd.run_number)"
+                sql = (
+                    f"WITH upd AS ({sql}), ins AS (INSERT INTO {self._runs} "
+                    f"({', '.join(RUN_COLUMNS[1:])}) SELECT {', '.join(values)} FROM upd) "
+                    f"SELECT {_COLS} FROM upd"
+                )
             self._transition_sql[key] = sql
         args = [
             process_id,
@@ -502,6 +543,8 @@ class PostgresStore(Store):
             self.clock.wall(),
             *(_encode(name, fields[name]) for name in names),
         ]
+        if run is not None:
+            args.extend(run_values(run, to_utc, process_id=process_id))
 
         async def op(conn: asyncpg.Connection) -> ProcessRecord:
             row = await conn.fetchrow(sql, *args)
@@ -660,24 +703,7 @@ class PostgresStore(Store):
 
     async def record_run(self, run: RunRecord) -> RunRecord:
         """See :meth:`Store.record_run`."""
-        values = (
-            run.operation_id,
-            run.name,
-            run.kind,
-            OperationStatus(run.status).value,
-            to_utc(run.started_at),
-            None if run.ended_at is None else to_utc(run.ended_at),
-            run.duration,
-            run.result,
-            run.error,
-            run.traceback,
-            None if run.cancel_reason is None else CancelationReason(run.cancel_reason).value,
-            run.cancel_message,
-            run.parent_id,
-            json_dumps(run.metadata, "run metadata"),
-            run.process_id,
-            run.run_number,
-        )
+        values = run_values(run, to_utc)
         placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
         sql = (
             f"INSERT INTO {self._runs} ({', '.join(RUN_COLUMNS[1:])}) VALUES ({placeholders}) "

@@ -56,6 +56,7 @@ from taskwarden.stores.base import (
     log_to_json,
     parse_cursor,
     retry_transient_sync,
+    run_values,
     state_filter,
     table_names,
     transition_defaults,
@@ -257,6 +258,10 @@ class SQLiteStore(Store):
         self._conn: sqlite3.Connection | None = None
         self._stopping = False
         self._transition_sql: dict[tuple[Any, ...], str] = {}
+        self._insert_run_sql = (
+            f"INSERT INTO {self._runs} ({', '.join(RUN_COLUMNS[1:])}) "
+            f"VALUES ({_placeholders(len(RUN_COLUMNS) - 1)})"
+        )
 
     def __repr__(self) -> str:
         return f"SQLiteStore(path={self.path!r}, prefix={self.prefix!r})"
@@ -636,6 +641,7 @@ class SQLiteStore(Store):
         /,
         *,
         expected_owner: str | None = None,
+        run: RunRecord | None = None,
         **fields: Any,
     ) -> ProcessRecord:
         """See :meth:`Store.transition`."""
@@ -668,8 +674,9 @@ class SQLiteStore(Store):
         ]
         if expected_owner is not None:
             args.append(expected_owner)
+        history = None if run is None else run_values(run, encode_dt, process_id=process_id)
         result: ProcessRecord = await self._submit(
-            _WRITE, self._transition, sql, args, process_id, target, expected_owner
+            _WRITE, self._transition, sql, args, process_id, target, expected_owner, history
         )
         return result
 
@@ -681,9 +688,14 @@ class SQLiteStore(Store):
         process_id: str,
         target: ProcessState,
         owner: str | None,
+        history: tuple[Any, ...] | None,
     ) -> ProcessRecord:
         row = conn.execute(sql, args).fetchone()
         if row is not None:
+            if history is not None:
+                if history[-1] is None:
+                    history = (*history[:-1], row[26])  # the run number just assigned
+                conn.execute(self._insert_run_sql, history)
             return _record(row)
         found = conn.execute(
             f"SELECT state, lease_owner FROM {self._t} WHERE process_id = ?", (process_id,)
@@ -893,33 +905,13 @@ class SQLiteStore(Store):
 
     async def record_run(self, run: RunRecord) -> RunRecord:
         """See :meth:`Store.record_run`."""
-        values = (
-            run.operation_id,
-            run.name,
-            run.kind,
-            OperationStatus(run.status).value,
-            encode_dt(run.started_at),
-            encode_dt(run.ended_at),
-            run.duration,
-            run.result,
-            run.error,
-            run.traceback,
-            None if run.cancel_reason is None else CancelationReason(run.cancel_reason).value,
-            run.cancel_message,
-            run.parent_id,
-            json_dumps(run.metadata, "run metadata"),
-            run.process_id,
-            run.run_number,
-        )
+        values = run_values(run, encode_dt)
         result: RunRecord = await self._submit(_WRITE, self._record_run, values)
         return result
 
     def _record_run(self, conn: sqlite3.Connection, values: tuple[Any, ...]) -> RunRecord:
-        columns = ", ".join(RUN_COLUMNS[1:])
         row = conn.execute(
-            f"INSERT INTO {self._runs} ({columns}) VALUES ({_placeholders(len(values))}) "
-            f"RETURNING {', '.join(RUN_COLUMNS)}",
-            values,
+            f"{self._insert_run_sql} RETURNING {', '.join(RUN_COLUMNS)}", values
         ).fetchone()
         return _run_from_row(row)
 

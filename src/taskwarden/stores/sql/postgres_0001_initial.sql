@@ -49,8 +49,6 @@ CREATE INDEX {processes}_active ON {processes} (state);
 
 CREATE INDEX {processes}_lease ON {processes} (lease_expires_at) WHERE lease_owner IS NOT NULL;
 
-CREATE INDEX {processes}_metadata ON {processes} USING GIN (metadata jsonb_path_ops);
-
 CREATE TABLE {runs} (
     idx            BIGSERIAL PRIMARY KEY,
     operation_id   TEXT NOT NULL,
