@@ -721,6 +721,27 @@ async def test_transition_with_a_run_records_it_in_the_same_write(store: Store) 
     assert (latest.process_id, latest.run_number) == ("other", 7)
 
 
+async def test_naive_datetimes_are_refused(store: Store) -> None:
+    """A datetime without a time zone is ambiguous: ConfigurationError, nothing written."""
+    await put(store, S.SCHEDULED, process_id="t")
+    with pytest.raises(ConfigurationError):
+        await store.transition("t", [S.SCHEDULED], S.RUNNING, running_since=datetime(2026, 1, 1))
+    got = await store.get("t")
+    assert got is not None and got.state is S.SCHEDULED
+
+
+async def test_a_cancelled_caller_leaves_the_store_usable(store: Store) -> None:
+    """Cancelling a task that awaits a verb neither breaks nor blocks the store."""
+    await put(store, S.IDLE, process_id="t")
+    task = asyncio.ensure_future(store.transition("t", [S.IDLE], S.SCHEDULED))
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    got = await asyncio.wait_for(store.get("t"), 5)
+    assert got is not None and got.state in (S.IDLE, S.SCHEDULED)
+    await asyncio.wait_for(store.create(rec("after")), 5)
+
+
 # -- progress -----------------------------------------------------------------------------
 
 
