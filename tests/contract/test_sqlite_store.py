@@ -145,3 +145,12 @@ async def test_claimers_in_separate_os_processes_never_share_a_process(tmp_path:
     async with SQLiteStore(path) as store:
         owners = {r.lease_owner for r in await store.list()}
     assert owners <= {"w0", "w1", "w2"}
+
+
+async def test_an_unopenable_file_is_a_store_error(tmp_path: Path) -> None:
+    """A path SQLite cannot open fails open() with StoreError, and the thread is gone."""
+    store = SQLiteStore(tmp_path / "missing-dir" / "s.db")
+    with pytest.raises(StoreError):
+        await store.open()
+    with pytest.raises(StoreError):
+        await store.get("x")

@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
+import socket
 import sqlite3
 import sys
 import uuid
@@ -1081,3 +1082,15 @@ async def test_sqlite_store_uses_wal(tmp_path: Path) -> None:
         pass
     with contextlib.closing(sqlite3.connect(tmp_path / "wal.db")) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_an_unreachable_postgres_server_is_a_store_error() -> None:
+    """Connection refused is retried briefly, then raised as StoreError."""
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = PostgresStore(f"postgresql://nobody@127.0.0.1:{port}/none")
+    with pytest.raises(StoreError):
+        await asyncio.wait_for(store.open(), 30)
+    with pytest.raises(StoreError):
+        await store.get("x")

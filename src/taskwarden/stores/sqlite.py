@@ -286,23 +286,34 @@ class SQLiteStore(Store):
                     batch.append(get_nowait())
                 except queue.Empty:
                     break
-            outcomes: list[tuple[_Job, Any, BaseException | None]] = []
-            group: list[_Job] = []
-            stop = False
-            for job in batch:
-                if stop:
-                    outcomes.append((job, None, StoreError("the store was closed")))
-                elif job.kind == _ALONE:
-                    outcomes.extend(self._run_group(group))
-                    group = []
-                    outcomes.append(self._run_alone(job))
-                    stop = job.fn is _STOP
-                else:
-                    group.append(job)
-            outcomes.extend(self._run_group(group))
+            stop = any(job.fn is _STOP for job in batch)
+            try:
+                outcomes = self._process(batch)
+            except BaseException as exc:
+                # Never let the thread die silently: every caller would wait forever.
+                logger.exception("internal error in the SQLite store thread")
+                error = StoreError(f"internal error in the SQLite store thread: {exc!r}")
+                outcomes = [(job, None, error) for job in batch]
             self._deliver(outcomes)
             if stop:
                 return
+
+    def _process(self, batch: list[_Job]) -> list[tuple[_Job, Any, BaseException | None]]:
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        group: list[_Job] = []
+        stop = False
+        for job in batch:
+            if stop:
+                outcomes.append((job, None, StoreError("the store was closed")))
+            elif job.kind == _ALONE:
+                outcomes.extend(self._run_group(group))
+                group = []
+                outcomes.append(self._run_alone(job))
+                stop = job.fn is _STOP
+            else:
+                group.append(job)
+        outcomes.extend(self._run_group(group))
+        return outcomes
 
     def _deliver(self, outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
