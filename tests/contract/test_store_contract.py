@@ -45,6 +45,7 @@ from taskwarden.processes import (
     ProcessState,
 )
 from taskwarden.stores import DEFAULT_SQLITE_PATH, open_store
+from taskwarden.stores.base import load_migrations
 from taskwarden.stores.memory import MemoryStore
 from taskwarden.stores.postgres import PostgresStore
 from taskwarden.stores.sqlite import SQLiteStore
@@ -75,6 +76,10 @@ class Backend:
 
     async def set_schema_version(self, version: int) -> None:
         """Pretend a newer taskwarden migrated the database."""
+        raise NotImplementedError
+
+    async def schema_versions(self) -> list[int]:
+        """The versions recorded in the schema_version table, in order."""
         raise NotImplementedError
 
     async def cleanup(self) -> None:
@@ -140,6 +145,16 @@ class SQLiteBackend(Backend):
 
         await asyncio.to_thread(bump)
 
+    async def schema_versions(self) -> list[int]:
+        def read() -> list[int]:
+            with contextlib.closing(sqlite3.connect(self.path)) as conn:
+                rows = conn.execute(
+                    "SELECT version FROM taskwarden_schema_version ORDER BY version"
+                ).fetchall()
+            return [row[0] for row in rows]
+
+        return await asyncio.to_thread(read)
+
 
 def _sqlite_backend(*, clock: FakeClock, tmp_path: Path, **_: Any) -> Backend:
     return SQLiteBackend(clock, tmp_path / "store.db")
@@ -172,6 +187,16 @@ class PostgresBackend(Backend):
             )
         finally:
             await conn.close()
+
+    async def schema_versions(self) -> list[int]:
+        conn = await asyncpg.connect(self.url)
+        try:
+            rows = await conn.fetch(
+                f"SELECT version FROM {self.prefix}_schema_version ORDER BY version"
+            )
+        finally:
+            await conn.close()
+        return [row[0] for row in rows]
 
     async def cleanup(self) -> None:
         conn = await asyncpg.connect(self.url)
@@ -1001,6 +1026,27 @@ async def test_opening_again_applies_no_migration_twice(backend: Backend) -> Non
     for _ in range(3):
         async with backend.make() as store:
             assert await store.get("m") is not None
+
+
+async def test_concurrent_first_opens_migrate_once(backend: Backend) -> None:
+    """Several stores opening a fresh database at once apply each migration once."""
+    if backend.name == "memory":
+        pytest.skip("the memory store has no schema")
+    stores = [backend.make() for _ in range(4)]
+    await asyncio.gather(*(store.open() for store in stores))
+    try:
+        await stores[0].create(rec("m"))
+        assert all([await store.get("m") is not None for store in stores])
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+    for _ in range(2):
+        async with backend.make():
+            pass
+    assert await backend.schema_versions() == list(range(1, _latest(backend.name) + 1))
+
+
+def _latest(name: str) -> int:
+    return load_migrations("postgres" if name == "postgres" else name, "x")[-1][0]
 
 
 async def test_a_newer_schema_refuses_to_open(backend: Backend) -> None:
