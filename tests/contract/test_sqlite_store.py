@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from taskwarden.errors import StoreError
+from taskwarden.errors import InvalidDefinition, StoreError
 from taskwarden.processes import ProcessRecord, ProcessState
 from taskwarden.stores.sqlite import _ALONE, SQLiteStore
 
@@ -20,7 +20,8 @@ S = ProcessState
 
 def rec(process_id: str, **fields: object) -> ProcessRecord:
     """A record with defaults."""
-    return ProcessRecord(process_id=process_id, name=process_id, **fields)  # type: ignore[arg-type]
+    fields.setdefault("name", process_id)
+    return ProcessRecord(process_id=process_id, **fields)  # type: ignore[arg-type]
 
 
 async def test_a_failing_call_does_not_fail_the_others_in_its_batch(tmp_path: Path) -> None:
@@ -154,3 +155,11 @@ async def test_an_unopenable_file_is_a_store_error(tmp_path: Path) -> None:
         await store.open()
     with pytest.raises(StoreError):
         await store.get("x")
+
+
+async def test_a_missing_required_value_is_invalid_definition(tmp_path: Path) -> None:
+    """A record without a name is refused as a definition error, not as a duplicate."""
+    async with SQLiteStore(tmp_path / "s.db") as store:
+        with pytest.raises(InvalidDefinition) as info:
+            await store.create(rec("nameless", name=None))
+        assert "exists" not in str(info.value)

@@ -360,6 +360,10 @@ class PostgresStore(Store):
                     f"a process with id {record.process_id!r} exists: pick another id, or "
                     "update_definition() it"
                 ) from None
+            except asyncpg.IntegrityConstraintViolationError as exc:
+                raise InvalidDefinition(
+                    f"process {record.process_id!r} cannot be stored: {exc}"
+                ) from exc
             return _record(row)
 
         return await self._run(op)

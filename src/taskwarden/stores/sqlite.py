@@ -484,7 +484,9 @@ class SQLiteStore(Store):
                 f"RETURNING {_COLS}",
                 values,
             ).fetchone()
-        except sqlite3.IntegrityError:
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" not in str(exc):
+                raise InvalidDefinition(f"process {process_id!r} cannot be stored: {exc}") from exc
             raise InvalidDefinition(
                 f"a process with id {process_id!r} exists: pick another id, or "
                 "update_definition() it"
