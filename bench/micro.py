@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -473,6 +474,27 @@ def default_n(name: str) -> int:
     return 1000 if name.startswith("c_") else 100_000
 
 
+def taskwarden_source_digest() -> str | None:
+    """A short hash of the taskwarden modules this process loaded, or None if none were.
+
+    Other engineers edit ``src/`` while benchmarks run: the runner compares these digests
+    to say whether every case measured the same code.
+    """
+    digest = hashlib.sha256()
+    files = sorted(
+        module.__file__
+        for key, module in list(sys.modules.items())
+        if (key == "taskwarden" or key.startswith("taskwarden."))
+        and getattr(module, "__file__", None)
+    )
+    if not files:
+        return None
+    for path in files:
+        with open(path, "rb") as fh:
+            digest.update(fh.read())
+    return digest.hexdigest()[:12]
+
+
 def run_case(name: str, n: int) -> dict[str, Any]:
     """Run one case once in this process and return its measurements."""
     fn = CASES[name]
@@ -494,6 +516,7 @@ def run_case(name: str, n: int) -> dict[str, Any]:
         "rss_peak_kib": peak_rss_kib(),
         "python": sys.version.split()[0],
         "versions": versions,
+        "taskwarden_src": taskwarden_source_digest(),
         "pid": os.getpid(),
     }
     if name.startswith("t_"):

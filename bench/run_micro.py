@@ -252,7 +252,22 @@ def targets_table(rows: Rows, n: int) -> list[str]:
     return lines
 
 
-def report(args: argparse.Namespace, cases: list[str], rows: Rows, started: str) -> str:
+def source_note(rows: Rows) -> str:
+    """Whether every taskwarden case measured the same source (digests from micro.py)."""
+    digests = sorted(
+        {r["taskwarden_src"] for runs in rows.values() for r in runs if r.get("taskwarden_src")}
+    )
+    if len(digests) <= 1:
+        return f"taskwarden source digest {digests[0] if digests else '-'} in every case"
+    return (
+        f"WARNING: taskwarden's source changed during the run ({len(digests)} digests: "
+        f"{', '.join(digests)}); re-run for a clean comparison"
+    )
+
+
+def report(
+    args: argparse.Namespace, cases: list[str], rows: Rows, started: str, revision: str
+) -> str:
     """The whole markdown report."""
     any_row = next((r for runs in rows.values() for r in runs), {})
     versions: dict[str, str] = {}
@@ -263,9 +278,10 @@ def report(args: argparse.Namespace, cases: list[str], rows: Rows, started: str)
     out = [
         "# taskwarden micro benchmarks (in-process)",
         "",
-        f"- started {started}, python {any_row.get('python', '?')} ({args.python}), "
+        f"- started {started}, python {any_row.get('python', '?')} "
+        f"({os.path.abspath(args.python)}), "
         f"{platform.machine()}, {os.cpu_count()} CPUs, load average at the end {load}",
-        f"- taskwarden at {git_revision()}; "
+        f"- taskwarden at {revision} when the run started; {source_note(rows)}; "
         + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
         f"- {args.repeats} repeats, round-robin, one fresh process per case and repeat; "
         f"N = {args.n:,} ops (t_, m_), {args.cancel_trials:,} trials (c_); medians over repeats",
@@ -357,8 +373,9 @@ def main() -> None:
     if args.only:
         cases = [name for name in cases if re.search(args.only, name)]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    revision = git_revision()
     rows = run_all(args, cases)
-    print(report(args, cases, rows, started))
+    print(report(args, cases, rows, started, revision))
 
 
 if __name__ == "__main__":
