@@ -403,7 +403,11 @@ class RunMixin:
     def _check_abandon(self, run: _Run) -> None:
         if run.finished or run.abandoned or run.done.is_set():
             return
-        self._spawn(self._abandon(run, "it ignored its cancellation and kept running"))
+        why = (
+            "it ignored its cancellation and was still running "
+            f"{self.cancel_grace + self.abandon_after:g}s after the cancel"
+        )
+        self._spawn(self._abandon(run, why))
 
     async def _abandon(self, run: _Run, why: str) -> None:
         if run.abandoned or run.done.is_set():
@@ -418,10 +422,7 @@ class RunMixin:
             except Exception:
                 logger.exception("progress flush of abandoned %r failed", process_id)
         now = self.clock.wall()
-        message = (
-            f"abandoned: {why} (still running {self.cancel_grace + self.abandon_after:g}s after "
-            "the cancel); its task may still be executing in the background"
-        )
+        message = f"abandoned: {why}; its task may still be executing in the background"
         try:
             record = await self.store.transition(
                 process_id,
