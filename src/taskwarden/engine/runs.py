@@ -240,24 +240,28 @@ class RunMixin:
         else:
             target = S.FAILED
         error_text = None if error is None else _error_text(error)
-        record = await self._end_record(run, target, cancelled, now, duration, error_text)
+        context = scope.context
+
+        def history(state: ProcessState) -> RunRecord:
+            return _run_record(
+                run.record,
+                started_at=run.record.running_since or now,
+                ended_at=now,
+                status=_STATUS[state],
+                error=error_text if state is S.FAILED else None,
+                traceback=context.traceback,
+                operation_id=context.id,
+                cancel_reason=context.cancel_reason,
+                cancel_message=context.cancel_message or None,
+            )
+
+        record = await self._end_record(run, target, cancelled, now, duration, error_text, history)
         if record is None:
             return
         run.final_state = record.state
         run.error = record.error
         if run.listener is not None:
             run.listener(str(record.state), run.progress.percent if run.progress else None, None)
-        await self._record_history(
-            record,
-            started_at=run.record.running_since or now,
-            ended_at=now,
-            status=_STATUS[record.state],
-            error=record.error,
-            traceback=scope.context.traceback,
-            operation_id=scope.context.id,
-            cancel_reason=scope.context.cancel_reason,
-            cancel_message=scope.context.cancel_message or None,
-        )
         await self._after_terminal(record, run)
 
     async def _end_record(
@@ -268,6 +272,7 @@ class RunMixin:
         now: datetime,
         duration: float | None,
         error: str | None,
+        history: Callable[[ProcessState], RunRecord],
     ) -> ProcessRecord | None:
         process_id = run.process_id
         for _ in range(3):
@@ -284,7 +289,10 @@ class RunMixin:
             else:
                 fields["stopped_at"] = now
             try:
-                record = await self.store.transition(process_id, expected, target, **fields)
+                # The run enters the history in the same write, only if this end wins.
+                record = await self.store.transition(
+                    process_id, expected, target, run=history(target), **fields
+                )
             except InvalidTransition as exc:
                 if not cancelled and exc.current in (S.CANCEL_REQUESTED, S.CANCELLING):
                     # A cancel arrived while the run was ending: end it as cancelled.
@@ -332,23 +340,16 @@ class RunMixin:
         cancel_reason: CancelationReason | None = None,
         cancel_message: str | None = None,
     ) -> None:
-        run = RunRecord(
-            index=None,
-            operation_id=operation_id or f"{record.process_id}#{record.run_number}",
-            name=record.process_id,
-            kind="process",
-            status=status,
+        run = _run_record(
+            record,
             started_at=started_at,
             ended_at=ended_at,
-            duration=_seconds(started_at, ended_at),
+            status=status,
             error=error,
             traceback=traceback,
+            operation_id=operation_id,
             cancel_reason=cancel_reason,
             cancel_message=cancel_message,
-            parent_id=record.parent_id,
-            metadata=dict(record.metadata),
-            process_id=record.process_id,
-            run_number=record.run_number,
         )
         try:
             await self.store.record_run(run)
@@ -499,3 +500,35 @@ async def _quiet_get(store: Store, process_id: str) -> ProcessRecord | None:
     except Exception:
         logger.exception("reading process %r failed", process_id)
         return None
+
+
+def _run_record(
+    record: ProcessRecord,
+    *,
+    started_at: datetime,
+    ended_at: datetime,
+    status: OperationStatus,
+    error: str | None,
+    traceback: str | None = None,
+    operation_id: str | None = None,
+    cancel_reason: CancelationReason | None = None,
+    cancel_message: str | None = None,
+) -> RunRecord:
+    return RunRecord(
+        index=None,
+        operation_id=operation_id or f"{record.process_id}#{record.run_number}",
+        name=record.process_id,
+        kind="process",
+        status=status,
+        started_at=started_at,
+        ended_at=ended_at,
+        duration=_seconds(started_at, ended_at),
+        error=error,
+        traceback=traceback,
+        cancel_reason=cancel_reason,
+        cancel_message=cancel_message,
+        parent_id=record.parent_id,
+        metadata=dict(record.metadata),
+        process_id=record.process_id,
+        run_number=record.run_number,
+    )
