@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from taskwarden.clock import Clock
@@ -74,6 +75,8 @@ class ProgressBuffer:
         "_clock",
         "_closed",
         "_dirty",
+        "_drop_at",
+        "_drop_time",
         "_dropped",
         "_entries",
         "_flushing",
@@ -117,6 +120,8 @@ class ProgressBuffer:
         self._entries: list[LogEntry] = []
         self._kept = 0
         self._dropped = 0
+        self._drop_at = 0
+        self._drop_time: datetime | None = None
         self._dirty = False
         self._closed = False
         self._flushing = False
@@ -159,6 +164,10 @@ class ProgressBuffer:
     def _append(self, level: LogLevel, message: str, data: dict[str, Any] | None) -> None:
         if level not in _KEPT_LEVELS:
             if self._kept >= self._max_messages:
+                if not self._dropped:
+                    # The "(N messages dropped)" entry goes where the dropping began.
+                    self._drop_at = len(self._entries)
+                    self._drop_time = self._clock.wall()
                 self._dropped += 1
                 return
             self._kept += 1
@@ -168,7 +177,9 @@ class ProgressBuffer:
         )
         if len(entries) > 2 * self._max_log:
             # The store keeps only the newest max_log anyway: bound memory between flushes.
-            del entries[: len(entries) - self._max_log]
+            trimmed = len(entries) - self._max_log
+            del entries[:trimmed]
+            self._drop_at = max(0, self._drop_at - trimmed)
 
     def _mark_dirty(self) -> None:
         self._dirty = True
@@ -214,12 +225,13 @@ class ProgressBuffer:
         entries = self._entries
         dropped = self._dropped
         if dropped:
-            entries.append(
+            entries.insert(
+                self._drop_at,
                 LogEntry(
-                    timestamp=self._clock.wall(),
+                    timestamp=self._drop_time or self._clock.wall(),
                     level=LogLevel.INFO,
                     message=f"({dropped} messages dropped)",
-                )
+                ),
             )
         self._entries = []
         self._dropped = 0

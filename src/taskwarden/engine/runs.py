@@ -367,6 +367,7 @@ class RunMixin:
     ) -> ChildResult:
         validate_definition(task)
         parent_run = parent._run
+        order = parent._next_order()  # taken before any await: spawn order is sibling order
         existing = await self.store.get(task.process_id)
         if existing is not None:
             if existing.state in ACTIVE_STATES:
@@ -375,9 +376,7 @@ class RunMixin:
                     "give each child a unique id"
                 )
             await self.store.delete(task.process_id, descendants=True)
-        record = new_record(
-            task, now=self.clock.wall(), parent=parent_run.record, order=parent._next_order()
-        )
+        record = new_record(task, now=self.clock.wall(), parent=parent_run.record, order=order)
         await self.store.create(record)
         scheduled = await self.store.transition(
             task.process_id, {S.IDLE}, S.SCHEDULED, lease_owner=self.engine_id
