@@ -16,7 +16,6 @@ import asyncpg
 import pytest
 
 from taskwarden.engine import Engine, ProcessContext, TaskInstance
-from taskwarden.errors import InvalidTransition
 from taskwarden.model import OperationStatus
 from taskwarden.processes import END_STATES, ProcessRecord, ProcessState
 from taskwarden.registry import OperationRegistry
