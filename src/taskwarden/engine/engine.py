@@ -470,6 +470,13 @@ class Engine(RunMixin):
         run = await self._launch(process_id)
         await run.done.wait()
 
+    async def wait(self, process_id: str) -> None:
+        """Wait until this engine's current run of ``process_id`` has ended (including the
+        ephemeral deletion); return at once when it runs nothing by that id."""
+        run = self._runs.get(process_id)
+        if run is not None:
+            await run.done.wait()
+
     async def _launch(self, process_id: str) -> _Run:
         self._require_started()
         if self._blocked or self.state is not EngineState.STARTED:
