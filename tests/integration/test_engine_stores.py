@@ -172,7 +172,7 @@ async def test_history_and_records_survive_reopening_the_store(store_url: tuple[
     try:
         record = await second.get_process("p")
         assert record is not None and record.state is S.DONE and record.run_number == 2
-        runs = await second.store.query_history(process_id="p")
+        runs = await second.query_history("p")
         assert [(r.run_number, r.status) for r in runs] == [
             (2, OperationStatus.COMPLETED),
             (1, OperationStatus.COMPLETED),

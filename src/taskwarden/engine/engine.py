@@ -51,7 +51,7 @@ from taskwarden.errors import (
     NotCancellable,
     ProcessNotFound,
 )
-from taskwarden.model import CancelationReason, OperationStatus
+from taskwarden.model import CancelationReason, OperationStatus, RunRecord
 from taskwarden.processes import (
     ACTIVE_STATES,
     CANCELLABLE_STATES,
@@ -439,6 +439,20 @@ class Engine(RunMixin):
         states = None if state is None else ProcessState(state)
         return await self.store.list(
             state=states, root_id=root_id, metadata=metadata, limit=limit, cursor=cursor
+        )
+
+    async def query_history(
+        self,
+        process_id: str | None = None,
+        *,
+        status: OperationStatus | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        """Recorded runs (newest first) from the store: they outlive restarts and deleted
+        records. Each has ``process_id``, ``run_number``, times, status, error, traceback."""
+        return await self.store.query_history(
+            process_id=process_id, status=status, since=since, limit=limit
         )
 
     # ------------------------------------------------------------------ launch

@@ -213,11 +213,11 @@ class RunMixin:
         except asyncio.CancelledError:
             # Cancelled from outside the run's own ladder (shutdown, a parent group):
             # record the end, then let the cancellation go on.
-            await asyncio.shield(self._finish(run, scope, None, cancelled=True))
+            await _shielded(self._finish(run, scope, None, cancelled=True))
             raise
         except Exception as exc:
             error = exc
-        await asyncio.shield(self._finish(run, scope, error, cancelled=False))
+        await _shielded(self._finish(run, scope, error, cancelled=False))
 
     async def _finish(
         self, run: _Run, scope: Cancelable, error: BaseException | None, *, cancelled: bool
@@ -531,3 +531,14 @@ def _run_record(
         process_id=record.process_id,
         run_number=record.run_number,
     )
+
+
+async def _shielded(coro: Awaitable[None]) -> None:
+    """Run the bookkeeping of a run's end to completion even if the caller is cancelled,
+    then let the cancellation go on."""
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
