@@ -495,18 +495,16 @@ class Engine(RunMixin):
         self._require_started()
         if self._blocked or self.state is not EngineState.STARTED:
             raise LaunchBlocked(process_id)
-        record = await self.store.get(process_id)
-        if record is None:
-            raise ProcessNotFound(process_id)
         definition = self._definitions.get(process_id)
         if definition is None:
+            if await self.store.get(process_id) is None:
+                raise ProcessNotFound(process_id)
             raise ProcessNotFound(
                 process_id,
                 f"process {process_id!r} has no definition in this engine: child processes "
                 "run through their parent, others need a definition (resync or adhoc_define)",
             )
-        if record.state not in LAUNCHABLE_STATES:
-            raise InvalidTransition(process_id, record.state, S.SCHEDULED)
+        # One compare-and-set, no read first: the store says if it is not launchable.
         scheduled = await self.store.transition(
             process_id,
             LAUNCHABLE_STATES,
@@ -514,7 +512,8 @@ class Engine(RunMixin):
             lease_owner=self.engine_id,
             **_RESET_FIELDS,
         )
-        if record.state is not S.IDLE:
+        if scheduled.run_number > 0:
+            # It ran before: the previous run's children make way for this run's.
             await self.store.delete_descendants(process_id)
         # Registered before anyone hears of it, so a cancel right after finds the run.
         run = self._start_run(scheduled, definition)
