@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -192,3 +194,13 @@ async def test_the_facade_drives_a_default_engine() -> None:
     await tw.shutdown()
     with pytest.raises(ConfigurationError):
         tw.get_engine()
+
+
+def test_importing_the_engine_loads_no_driver() -> None:
+    code = (
+        "import sys, taskwarden.engine; "
+        "print([m for m in ('asyncpg', 'sqlite3', 'redis', 'fastapi', 'psycopg') "
+        "if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -408,6 +408,13 @@ class Engine(RunMixin):
             except (InvalidTransition, ProcessNotFound):
                 continue
             self._notify(failed)
+            logger.warning(
+                "process %r was left %s by engine %r and is recorded failed (engines sharing "
+                "a store need distinct engine_id values)",
+                record.process_id,
+                record.state,
+                owner,
+            )
             if record.running_since is not None:
                 await self._record_history(
                     failed,
