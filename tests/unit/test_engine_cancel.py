@@ -4,13 +4,15 @@ runs that ignore both (recorded failed as abandoned)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from taskwarden.engine import ProcessContext
 from taskwarden.errors import NotCancellable, ProcessNotFound
 from taskwarden.model import OperationStatus
-from taskwarden.processes import ProcessState
+from taskwarden.processes import ProcessRecord, ProcessState
+from taskwarden.stores.memory import MemoryStore
 from tests.engine_support import StateLog, started_engine, task
 
 S = ProcessState
@@ -179,3 +181,33 @@ async def test_a_cancelled_process_can_be_relaunched() -> None:
         await log.wait_for("p", S.RUNNING, count=2)
         record = await engine.get_process("p")
         assert record is not None and record.run_number == 2
+
+
+class _ReplyLostStore(MemoryStore):
+    """Commits a transition into ``scheduled``, then never answers (until released)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.committed = asyncio.Event()
+
+    async def transition(self, *args: Any, **kwargs: Any) -> ProcessRecord:
+        record = await super().transition(*args, **kwargs)
+        if self.hold and record.state is S.SCHEDULED:
+            self.committed.set()
+            await asyncio.Event().wait()
+        return record
+
+
+async def test_a_launch_cancelled_after_its_write_never_leaves_a_stuck_scheduled_record() -> None:
+    store = _ReplyLostStore()
+    async with started_engine(task("p"), store=store) as engine:
+        store.hold = True
+        launching = asyncio.create_task(engine.launch("p"))
+        await asyncio.wait_for(store.committed.wait(), 2)
+        store.hold = False
+        launching.cancel()
+        await asyncio.wait({launching})
+        record = await engine.get_process("p")
+        assert record is not None and record.state is S.CANCELLED
+        await engine.launch_and_wait("p")  # and it can be launched again

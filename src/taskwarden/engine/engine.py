@@ -42,6 +42,7 @@ from taskwarden.engine.runs import (
     _quiet_get,
     _Run,
     _seconds,
+    _shielded,
 )
 from taskwarden.errors import (
     ConfigurationError,
@@ -511,17 +512,21 @@ class Engine(RunMixin):
                 f"process {process_id!r} has no definition in this engine: child processes "
                 "run through their parent, others need a definition (resync or adhoc_define)",
             )
-        # One compare-and-set, no read first: the store says if it is not launchable.
-        scheduled = await self.store.transition(
-            process_id,
-            LAUNCHABLE_STATES,
-            S.SCHEDULED,
-            lease_owner=self.engine_id,
-            **_RESET_FIELDS,
-        )
-        if scheduled.run_number > 0:
-            # It ran before: the previous run's children make way for this run's.
-            await self.store.delete_descendants(process_id)
+        try:
+            # One compare-and-set, no read first: the store says if it is not launchable.
+            scheduled = await self.store.transition(
+                process_id,
+                LAUNCHABLE_STATES,
+                S.SCHEDULED,
+                lease_owner=self.engine_id,
+                **_RESET_FIELDS,
+            )
+            if scheduled.run_number > 0:
+                # It ran before: the previous run's children make way for this run's.
+                await self.store.delete_descendants(process_id)
+        except asyncio.CancelledError:
+            await _shielded(self._abort_unstarted(process_id))
+            raise
         # Registered before anyone hears of it, so a cancel right after finds the run.
         run = self._start_run(scheduled, definition)
         self._notify(scheduled)

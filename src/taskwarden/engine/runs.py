@@ -361,6 +361,24 @@ class RunMixin:
         record = await self.store.update_definition(run.process_id, ephemeral=True)
         run.record = dataclasses.replace(run.record, ephemeral=record.ephemeral)
 
+    async def _abort_unstarted(self, process_id: str) -> None:
+        """A launch was cancelled around its store write: never leave a run scheduled that
+        nobody will start."""
+        if process_id in self._runs:
+            return
+        record = await _quiet_get(self.store, process_id)
+        if record is None or record.state is not S.SCHEDULED:
+            return
+        if record.lease_owner != self.engine_id:
+            return
+        try:
+            cancelled = await self.store.transition(
+                process_id, {S.SCHEDULED}, S.CANCELLED, stopped_at=self.clock.wall()
+            )
+        except (InvalidTransition, ProcessNotFound):
+            return
+        self._notify(cancelled)
+
     # ------------------------------------------------------------------ children
     async def _run_child(
         self, parent: ProcessContext, task: TaskInstance, fan: ProgressFanIn | None
@@ -377,10 +395,14 @@ class RunMixin:
                 )
             await self.store.delete(task.process_id, descendants=True)
         record = new_record(task, now=self.clock.wall(), parent=parent_run.record, order=order)
-        await self.store.create(record)
-        scheduled = await self.store.transition(
-            task.process_id, {S.IDLE}, S.SCHEDULED, lease_owner=self.engine_id
-        )
+        try:
+            await self.store.create(record)
+            scheduled = await self.store.transition(
+                task.process_id, {S.IDLE}, S.SCHEDULED, lease_owner=self.engine_id
+            )
+        except asyncio.CancelledError:
+            await _shielded(self._abort_unstarted(task.process_id))
+            raise
         listener = fan.listener(task.process_id, task.name) if fan is not None else None
         run = self._start_run(scheduled, task, parent=parent_run, listener=listener)
         self._notify(scheduled)
