@@ -279,7 +279,6 @@ async def test_healthy_running_task_is_never_restarted_by_health_checks(
         for _ in range(10):  # ten health checks, the first ones while it looks unhealthy
             await clock.wait_for_sleepers(1)
             clock.advance(30)
-            await asyncio.sleep(0)
         await clock.wait_for_sleepers(1)
         assert len(runs.starts) == 2
         health = supervisor.get_task_health("poll")
@@ -708,7 +707,10 @@ async def test_a_task_that_swallows_cancellation_cannot_hang_shutdown(
         assert critical.left == () and critical.duration == 0
         with pytest.raises(ShutdownTimeout, match="stubborn"):
             report.raise_if_left()
+        assert supervisor.get_task_state("stubborn") is TaskState.RUNNING  # it still is
+        assert supervisor.get_task_state("last") is TaskState.STOPPED
         release.set()
+        await supervisor.wait_for_state("stubborn", TaskState.STOPPED)
 
 
 async def test_shutdown_cancels_only_owned_tasks_by_default(supervisor: Supervisor) -> None:
@@ -745,7 +747,6 @@ async def test_opt_in_shutdown_cancels_every_loop_task_in_its_categorys_phase(
     spared = asyncio.create_task(forever(), name="spared")
     supervisor.register_critical_task(config("poll", recorder("poll", log)))
     async with running(supervisor):
-        await asyncio.sleep(0)  # let the loop tasks reach their await
         report = await supervisor.shutdown(include_all_tasks=True, exclude=[spared])
     assert log == ["cmd-fails", "Task-x", "poll", "gateway-shard"]
     assert [phase.cancelled for phase in report.phases] == [
@@ -758,6 +759,20 @@ async def test_opt_in_shutdown_cancels_every_loop_task_in_its_categorys_phase(
     assert all(task.done() for task in loop_tasks)
     assert not spared.done()
     spared.cancel()
+
+
+async def test_cancel_all_tasks_is_the_seeds_name_for_the_all_tasks_shutdown(
+    supervisor: Supervisor,
+) -> None:
+    bystander = asyncio.create_task(forever(), name="bystander")
+    supervisor.register_critical_task(config("poll", forever))
+    async with running(supervisor):
+        report = await supervisor.cancel_all_tasks()
+    assert bystander.cancelled()
+    assert sorted(name for phase in report.phases for name in phase.cancelled) == [
+        "bystander",
+        "poll",
+    ]
 
 
 # ---------------------------------------------------------------------------- categories

@@ -617,6 +617,13 @@ class Supervisor:
 
     def _run_done(self, task: asyncio.Task[OperationStatus]) -> None:
         run = self._runs.pop(task, None)
+        if run is not None:
+            watched = run.watched
+            runner = watched.runner
+            # A run that outlived its runner (it ignored a shutdown) has nobody else to
+            # tell that it ended.
+            if (runner is None or runner.done()) and watched.state is TaskState.RUNNING:
+                self._set_state(watched, TaskState.STOPPED)
         if task.cancelled():
             return
         exc = task.exception()
@@ -780,6 +787,9 @@ class Supervisor:
                 )
         report = await cancel_in_phases(self._clock, self._shutdown_order, targets, timeout)
         for watched in self._watched.values():
+            attempt = watched.attempt
+            if attempt is not None and not attempt.done():
+                continue  # ignored the cancel: RUNNING until it ends (see _run_done)
             if watched.state in (TaskState.RUNNING, TaskState.BACKOFF):
                 self._set_state(watched, TaskState.STOPPED)
         self._last_report = report
@@ -790,6 +800,10 @@ class Supervisor:
             len(report.left),
         )
         return report
+
+    async def cancel_all_tasks(self, *, phase_timeout: float | None = None) -> ShutdownReport:
+        """Seed 002's spelling of ``shutdown(include_all_tasks=True)``: every task of the loop."""
+        return await self.shutdown(include_all_tasks=True, phase_timeout=phase_timeout)
 
     def __repr__(self) -> str:
         return f"<Supervisor {self._state.value} critical_tasks={len(self._watched)}>"
