@@ -594,14 +594,16 @@ async def test_run_state_goes_starting_started_stopping_stopped(
     assert seen == [SupervisorState.STARTING, SupervisorState.STOPPING]
 
 
-async def test_run_until_stop_returns_the_shutdown_report(
+async def test_run_until_stop_from_another_thread_returns_the_shutdown_report(
     supervisor: Supervisor, clock: FakeClock
 ) -> None:
     supervisor.register_critical_task(config("poll", Runs(clock)))
     runner = asyncio.create_task(supervisor.run())
     async with asyncio.timeout(BOUND):
         await supervisor.wait_for_state("poll", TaskState.RUNNING)
-        supervisor.stop()
+        stats = await asyncio.to_thread(supervisor.get_task_statistics)  # from a thread
+        assert stats["states"] == {"running": 1}
+        await asyncio.to_thread(supervisor.stop)
         report = await runner
     assert report is not None and report.clean
     assert [phase.cancelled for phase in report.phases] == [("poll",)]
