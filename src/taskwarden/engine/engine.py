@@ -250,7 +250,7 @@ class Engine(RunMixin):
             await self._stop_cron()
             runs = list(self._runs.values())
             for run in runs:
-                await self._cancel_run(run, "the engine is shutting down", force_scheduled=True)
+                await self._cancel_run(run, "the engine is shutting down")
             force_window = min(1.0, deadline / 2)
             await self._wait_runs(runs, deadline - force_window)
             left = [run for run in runs if not run.done.is_set()]
@@ -258,7 +258,8 @@ class Engine(RunMixin):
                 if run.task is not None:
                     run.task.cancel("taskwarden: engine shutting down")
             await self._wait_runs(left, force_window)
-            for run in left:
+            # Children started while their parents wound down are in _runs, not in `runs`.
+            for run in [*left, *self._runs.values()]:
                 if not run.done.is_set():
                     await self._abandon(run, "it did not stop before the engine shut down")
             if self._aux:
@@ -595,7 +596,7 @@ class Engine(RunMixin):
         if run.scope is not None:
             run.scope.cancel_sync(CancelationReason.MANUAL, message)
 
-    async def _cancel_run(self, run: _Run, message: str, *, force_scheduled: bool = False) -> None:
+    async def _cancel_run(self, run: _Run, message: str) -> None:
         """Cancel a local run whatever its definition says (used by shutdown)."""
         record = await _quiet_get(self.store, run.process_id)
         if record is None or record.state not in CANCELLABLE_STATES:
