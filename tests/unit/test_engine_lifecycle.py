@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -204,3 +205,27 @@ def test_importing_the_engine_loads_no_driver() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_default_engine_ids_resolve_a_dead_predecessor_and_spare_live_neighbours() -> None:
+    """A restarted application (same host, its old OS process gone) gets its runs resolved;
+    a default-id engine still alive on this host (another worker process) keeps its own."""
+    exited = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await exited.wait()
+    dead_pid = exited.pid
+    host = socket.gethostname()
+    store = MemoryStore()
+    await store.open()
+    await _left_behind(store, "orphan", S.RUNNING, lease_owner=f"{host}:{dead_pid}:0")
+    await _left_behind(store, "neighbour", S.RUNNING, lease_owner=f"{host}:{os.getpid()}:999")
+    await _left_behind(store, "remote", S.RUNNING, lease_owner="elsewhere:1:0")
+    engine = Engine(
+        store,
+        get_task_definitions=definitions(task("orphan"), task("neighbour"), task("remote")),
+        registry=OperationRegistry(),
+    )
+    assert engine.engine_id.startswith(f"{host}:{os.getpid()}:")
+    await engine.init()
+    states = {r.process_id: r.state for r in await store.list()}
+    assert states == {"orphan": S.FAILED, "neighbour": S.RUNNING, "remote": S.RUNNING}
+    await engine.shutdown()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
+import os
 import signal
 import socket
 import threading
@@ -93,8 +95,12 @@ class Engine(RunMixin):
         services: passed to every task as ``ctx.services``.
         get_task_definitions: ``async (services, metadata_filter) -> list[TaskInstance]``
             (a one-argument ``(services)`` function works too); called on init and resync.
-        engine_id: who owns the runs of this engine in the store. Engines sharing one store
-            need distinct ids; a restarted engine with the same id resolves what it left.
+        engine_id: who owns the runs of this engine in the store; by default
+            ``<host>:<pid>:<n>``, unique per engine. Engines sharing a store need distinct
+            ids. On start, an engine resolves what was left active by its own id, by no
+            owner, by an expired lease, or by a default-id engine of this host whose OS
+            process is gone (so a restarted application resolves its predecessor's runs,
+            and several worker processes on one store leave each other's runs alone).
         registry: the :class:`~taskwarden.registry.OperationRegistry` runs join (default:
             the process-wide one).
         clock: time for cron, progress flushing and timestamps (a ``FakeClock`` in tests).
@@ -147,7 +153,7 @@ class Engine(RunMixin):
         self.prefix = prefix
         self.services: dict[str, Any] = services if services is not None else {}
         self.get_task_definitions = get_task_definitions
-        self.engine_id = engine_id or f"{socket.gethostname()}/{prefix}"
+        self.engine_id = engine_id or f"{_HOST}:{os.getpid()}:{next(_engine_numbers)}"
         self.registry = registry if registry is not None else OperationRegistry.get_instance()
         self.clock: Clock = clock or SystemClock()
         self.cancel_grace = cancel_grace
@@ -181,9 +187,9 @@ class Engine(RunMixin):
     async def init(self) -> None:
         """Open the store, load the definitions, and resolve what a stopped engine left.
 
-        Processes left active by an engine with this ``engine_id`` (or with no owner, or
-        an expired lease) are recorded failed with an error saying the engine stopped;
-        resumable ones are launched again.
+        Processes left active by a stopped engine (this ``engine_id``, no owner, an expired
+        lease, or a default-id engine of this host whose OS process is gone) are recorded
+        failed with an error saying the engine stopped; resumable ones are launched again.
         """
         if self.state is not EngineState.CREATED:
             raise ConfigurationError("init() was called already on this engine")
@@ -392,7 +398,8 @@ class Engine(RunMixin):
         for record in await self.store.list(state=ACTIVE_STATES):
             owner = record.lease_owner
             expired = record.lease_expires_at is not None and record.lease_expires_at <= now
-            if owner is not None and owner != self.engine_id and not expired:
+            held = owner is not None and owner != self.engine_id and not expired
+            if held and owner is not None and not _owner_process_gone(owner):
                 continue  # another live engine runs it
             message = (
                 f"the engine that ran it ({owner or 'unknown'}) stopped before the run ended; "
@@ -732,3 +739,25 @@ class Engine(RunMixin):
 
     def __repr__(self) -> str:
         return f"<Engine {self.engine_id!r} {self.state} runs={len(self._runs)}>"
+
+
+_HOST = socket.gethostname()
+_engine_numbers = itertools.count()
+
+
+def _owner_process_gone(owner: str) -> bool:
+    """True if ``owner`` is a default engine id of this host whose OS process has exited."""
+    host, sep, rest = owner.rpartition(":")  # <host>:<pid>:<n>
+    host, sep2, pid_text = host.rpartition(":")
+    if not (sep and sep2) or host != _HOST or not pid_text.isdigit() or not rest.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False  # another engine of this very process: alive
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # exists but belongs to someone else (EPERM)
+    return False
