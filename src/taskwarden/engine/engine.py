@@ -603,6 +603,28 @@ class Engine(RunMixin):
         if run.scope is not None:
             run.scope.cancel_sync(CancelationReason.MANUAL, message)
 
+    async def cancel_local(self, process_id: str, message: str = "cancelled on request") -> bool:
+        """Stop this engine's run of a process whose cancel another engine recorded.
+
+        Another engine sharing the store can only mark a run it does not own
+        ``cancel_requested``; the owner calls this (remote control does, on a broadcast) to
+        acknowledge the request and run the cancel ladder at once. Returns False when this
+        engine does not run the process.
+        """
+        run = self._runs.get(process_id)
+        if run is None:
+            return False
+        record = await _quiet_get(self.store, process_id)
+        if record is not None and record.state is S.CANCEL_REQUESTED:
+            run.cancel_requested = True
+            run.cancel_message = message
+            await self._ack_cancel(process_id)
+            if run.scope is not None:
+                run.scope.cancel_sync(CancelationReason.MANUAL, message)
+            return True
+        await self._cancel_run(run, message)
+        return True
+
     async def _cancel_run(self, run: _Run, message: str) -> None:
         """Cancel a local run whatever its definition says (used by shutdown)."""
         record = await _quiet_get(self.store, run.process_id)

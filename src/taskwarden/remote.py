@@ -1,0 +1,297 @@
+"""Remote control of an engine over a bus: typed commands in, typed results out.
+
+An application that runs an :class:`~taskwarden.engine.Engine` with a bus serves its
+commands with :class:`RemoteControl`; any other process holding a bus on the same server
+sends them with :class:`RemoteClient`::
+
+    async with open_bus("redis://localhost") as bus:
+        client = RemoteClient(bus)
+        result = await client.cancel("nightly-report")
+        if not result.ok:
+            print(result.reason)          # "not-found", "not-cancellable", ...
+
+Each command is a request on ``<prefix>.engine.<verb>`` handled by exactly one engine; the
+reply is ``{"ok": true, "process": <document>}`` or ``{"ok": false, "reason": <code>,
+"message": <text>}``, where the reason is the ``reason`` code of the engine's
+:class:`~taskwarden.errors.TaskwardenError`. Applications add their own verbs with
+:meth:`RemoteControl.register` on the same server.
+
+Engines sharing a store may each serve commands; a cancel handled by an engine that does not
+run the process is broadcast on ``<prefix>.control.cancel``, so the engine running it stops
+it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from taskwarden.abc import Bus, BusMessage, BusSubscription
+from taskwarden.errors import ConfigurationError, TaskwardenError
+
+if TYPE_CHECKING:
+    from taskwarden.engine import Engine
+
+__all__ = ["ENGINE_COMMANDS", "CommandHandler", "CommandResult", "RemoteClient", "RemoteControl"]
+
+logger = logging.getLogger("taskwarden.remote")
+
+ENGINE_COMMANDS = (
+    "launch",
+    "cancel",
+    "dismiss",
+    "resync",
+    "cancel_group",
+    "cancel_group_and_wait",
+    "block_launches",
+    "unblock_launches",
+    "get_process",
+)
+
+CommandHandler = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any] | None]]
+"""An application command: takes the arguments, returns a JSON object (or None)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandResult:
+    """The outcome of a remote command.
+
+    ``ok`` True carries ``process`` (the record as the seed's JSON document) for commands
+    about one process, ``data`` for the others; ``ok`` False carries the ``reason`` code of
+    the refusal (``not-found``, ``not-cancellable``, ``launch-blocked``, ``invalid-state``,
+    ...) and a ``message`` for people.
+    """
+
+    ok: bool
+    process: Mapping[str, Any] | None = None
+    data: Mapping[str, Any] | None = None
+    reason: str | None = None
+    message: str | None = None
+
+    @classmethod
+    def from_reply(cls, reply: Mapping[str, Any]) -> CommandResult:
+        """Parse a reply payload."""
+        return cls(
+            ok=bool(reply.get("ok")),
+            process=reply.get("process"),
+            data=reply.get("data"),
+            reason=reply.get("reason"),
+            message=reply.get("message"),
+        )
+
+
+def _refusal(exc: TaskwardenError) -> dict[str, Any]:
+    return {"ok": False, "reason": exc.reason, "message": str(exc)}
+
+
+def _process_id(args: Mapping[str, Any]) -> str:
+    process_id = args.get("process_id")
+    if not isinstance(process_id, str) or not process_id:
+        raise ConfigurationError("the command needs a non-empty string 'process_id'")
+    return process_id
+
+
+def _metadata(args: Mapping[str, Any]) -> Mapping[str, Any]:
+    metadata = args.get("metadata")
+    if not isinstance(metadata, Mapping) or not metadata:
+        raise ConfigurationError("the command needs a non-empty object 'metadata' to match")
+    return metadata
+
+
+class RemoteControl:
+    """Serves an engine's commands (and the application's own) on a bus.
+
+    Args:
+        engine: the engine to control.
+        bus: an open bus.
+        prefix: the topic namespace; clients must use the same one.
+    """
+
+    def __init__(self, engine: Engine, bus: Bus, *, prefix: str = "taskwarden") -> None:
+        self.engine = engine
+        self.bus = bus
+        self.prefix = prefix
+        self._served: list[str] = []
+        self._cancel_watch: BusSubscription | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Serve every engine command and watch broadcast cancels."""
+        for verb in ENGINE_COMMANDS:
+            await self._serve(f"{self.prefix}.engine.{verb}", self._engine_handler(verb))
+        self._cancel_watch = self.bus.subscribe(f"{self.prefix}.control.cancel", max_buffer=1000)
+        await self._cancel_watch.start()
+        self._watch_task = asyncio.get_running_loop().create_task(
+            self._watch_cancels(self._cancel_watch), name="taskwarden-remote-cancels"
+        )
+
+    async def stop(self) -> None:
+        """Stop serving (requests being handled finish)."""
+        for topic in self._served:
+            await self.bus.unserve(topic)
+        self._served.clear()
+        if self._cancel_watch is not None:
+            await self._cancel_watch.close()
+            self._cancel_watch = None
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            # wait() neither raises the task's cancellation nor swallows one aimed at us.
+            await asyncio.wait([self._watch_task])
+            if not self._watch_task.cancelled() and self._watch_task.exception() is not None:
+                logger.error("cancel watcher failed", exc_info=self._watch_task.exception())
+            self._watch_task = None
+
+    async def register(self, verb: str, handler: CommandHandler) -> None:
+        """Serve an application command ``verb`` on ``<prefix>.app.<verb>``.
+
+        A :class:`~taskwarden.errors.TaskwardenError` raised by the handler becomes a refusal
+        with its reason code; its return value is the reply's ``data``.
+        """
+
+        async def handle(message: BusMessage) -> Mapping[str, Any]:
+            try:
+                data = await handler(message.payload)
+            except TaskwardenError as exc:
+                return _refusal(exc)
+            return {"ok": True, "data": dict(data) if data is not None else None}
+
+        await self._serve(f"{self.prefix}.app.{verb}", handle)
+
+    async def _serve(self, topic: str, handler: Callable[[BusMessage], Awaitable[Any]]) -> None:
+        await self.bus.serve(topic, handler)
+        self._served.append(topic)
+
+    def _engine_handler(self, verb: str) -> Callable[[BusMessage], Awaitable[Mapping[str, Any]]]:
+        async def handle(message: BusMessage) -> Mapping[str, Any]:
+            try:
+                return await self._dispatch(verb, message.payload)
+            except TaskwardenError as exc:
+                return _refusal(exc)
+
+        return handle
+
+    async def _dispatch(self, verb: str, args: Mapping[str, Any]) -> Mapping[str, Any]:
+        engine = self.engine
+        if verb in ("launch", "dismiss", "get_process"):
+            process_id = _process_id(args)
+            if verb == "launch":
+                await engine.launch(process_id)
+            elif verb == "dismiss":
+                await engine.dismiss(process_id)
+            return await self._process_reply(process_id)
+        if verb == "cancel":
+            process_id = _process_id(args)
+            await engine.cancel(process_id)
+            if process_id not in engine.active_runs():
+                await self.bus.publish(
+                    f"{self.prefix}.control.cancel",
+                    {"process_id": process_id, "origin": engine.engine_id},
+                )
+            return await self._process_reply(process_id)
+        if verb == "resync":
+            await engine.resync(
+                clean=bool(args.get("clean", False)), metadata_filter=args.get("metadata_filter")
+            )
+            return {"ok": True}
+        if verb in ("cancel_group", "cancel_group_and_wait"):
+            metadata = _metadata(args)
+            if verb == "cancel_group":
+                ids = await engine.cancel_group(metadata)
+            else:
+                ids = await engine.cancel_group_and_wait(metadata)
+            return {"ok": True, "data": {"cancelled": list(ids)}}
+        if verb == "block_launches":
+            engine.block_launches()
+            return {"ok": True, "data": {"blocked": True}}
+        if verb == "unblock_launches":
+            engine.unblock_launches()
+            return {"ok": True, "data": {"blocked": False}}
+        raise ConfigurationError(f"unknown engine command {verb!r}")  # pragma: no cover
+
+    async def _process_reply(self, process_id: str) -> Mapping[str, Any]:
+        from taskwarden.errors import ProcessNotFound
+
+        record = await self.engine.get_process(process_id)
+        if record is None:
+            raise ProcessNotFound(process_id)
+        return {"ok": True, "process": record.to_document()}
+
+    async def _watch_cancels(self, subscription: BusSubscription) -> None:
+        async for message in subscription:
+            process_id = message.payload.get("process_id")
+            if not isinstance(process_id, str):
+                continue
+            if message.payload.get("origin") == self.engine.engine_id:
+                continue
+            if process_id in self.engine.active_runs():
+                try:
+                    await self.engine.cancel_local(process_id, "cancelled by a remote request")
+                except TaskwardenError as exc:
+                    logger.warning("broadcast cancel of %s refused: %s", process_id, exc)
+
+
+class RemoteClient:
+    """Sends commands to the engines serving ``prefix`` on a bus.
+
+    Every method returns a :class:`CommandResult`; refusals are data, not exceptions. A
+    :class:`~taskwarden.errors.RequestTimeout` is raised when no engine answers in time.
+    """
+
+    def __init__(self, bus: Bus, *, prefix: str = "taskwarden", timeout: float = 5.0) -> None:
+        self.bus = bus
+        self.prefix = prefix
+        self.timeout = timeout
+
+    async def _engine(self, verb: str, **args: Any) -> CommandResult:
+        reply = await self.bus.request(f"{self.prefix}.engine.{verb}", args, timeout=self.timeout)
+        return CommandResult.from_reply(reply)
+
+    async def launch(self, process_id: str) -> CommandResult:
+        """Launch a process."""
+        return await self._engine("launch", process_id=process_id)
+
+    async def cancel(self, process_id: str) -> CommandResult:
+        """Cancel a scheduled or running process."""
+        return await self._engine("cancel", process_id=process_id)
+
+    async def dismiss(self, process_id: str) -> CommandResult:
+        """Reset an ended process to idle."""
+        return await self._engine("dismiss", process_id=process_id)
+
+    async def get_process(self, process_id: str) -> CommandResult:
+        """Fetch a process document."""
+        return await self._engine("get_process", process_id=process_id)
+
+    async def resync(
+        self, clean: bool = False, metadata_filter: Mapping[str, Any] | None = None
+    ) -> CommandResult:
+        """Re-read the task definitions."""
+        return await self._engine(
+            "resync",
+            clean=clean,
+            metadata_filter=dict(metadata_filter) if metadata_filter else None,
+        )
+
+    async def cancel_group(self, metadata: Mapping[str, Any]) -> CommandResult:
+        """Cancel every process whose metadata matches."""
+        return await self._engine("cancel_group", metadata=dict(metadata))
+
+    async def cancel_group_and_wait(self, metadata: Mapping[str, Any]) -> CommandResult:
+        """Cancel every matching process and wait until they ended."""
+        return await self._engine("cancel_group_and_wait", metadata=dict(metadata))
+
+    async def block_launches(self) -> CommandResult:
+        """Refuse launches until unblocked."""
+        return await self._engine("block_launches")
+
+    async def unblock_launches(self) -> CommandResult:
+        """Accept launches again."""
+        return await self._engine("unblock_launches")
+
+    async def call(self, verb: str, **args: Any) -> CommandResult:
+        """Send an application command registered with :meth:`RemoteControl.register`."""
+        reply = await self.bus.request(f"{self.prefix}.app.{verb}", args, timeout=self.timeout)
+        return CommandResult.from_reply(reply)
