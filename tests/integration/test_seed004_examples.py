@@ -22,8 +22,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from taskwarden.clock import FakeClock
-from taskwarden.engine import (
+from taskwarden import (
     TaskInstance,
     adhoc_define,
     get_engine,
@@ -35,12 +34,13 @@ from taskwarden.engine import (
     run,
     shutdown,
 )
-from taskwarden.engine.progress_helpers import (
+from taskwarden.clock import FakeClock
+from taskwarden.processes import ProcessState
+from taskwarden.progress_helpers import (
     average_progress,
     mapped_progress,
     sequential_progress,
 )
-from taskwarden.processes import ProcessState
 from taskwarden.registry import OperationRegistry
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -77,7 +77,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 QUICK_START = """
 import asyncio
-from taskwarden.engine import init, launch_and_wait, get_process, TaskInstance
+from taskwarden import init, launch_and_wait, get_process, TaskInstance
 
 async def my_task(ctx):
     for i in range(10):
