@@ -474,25 +474,31 @@ def default_n(name: str) -> int:
     return 1000 if name.startswith("c_") else 100_000
 
 
+# The modules on the measured path; the package's __init__ pulls in much more that no case runs.
+_MEASURED_MODULES = (
+    "taskwarden.scope",
+    "taskwarden.registry",
+    "taskwarden.history",
+    "taskwarden.model",
+)
+
+
 def taskwarden_source_digest() -> str | None:
-    """A short hash of the taskwarden modules this process loaded, or None if none were.
+    """A short hash of the taskwarden modules the cases measure, or None if none is loaded.
 
     Other engineers edit ``src/`` while benchmarks run: the runner compares these digests
     to say whether every case measured the same code.
     """
     digest = hashlib.sha256()
-    files = sorted(
-        module.__file__
-        for key, module in list(sys.modules.items())
-        if (key == "taskwarden" or key.startswith("taskwarden."))
-        and getattr(module, "__file__", None)
-    )
-    if not files:
-        return None
-    for path in files:
+    found = False
+    for key in _MEASURED_MODULES:
+        path = getattr(sys.modules.get(key), "__file__", None)
+        if path is None:
+            continue
+        found = True
         with open(path, "rb") as fh:
             digest.update(fh.read())
-    return digest.hexdigest()[:12]
+    return digest.hexdigest()[:12] if found else None
 
 
 def run_case(name: str, n: int) -> dict[str, Any]:
