@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="time scale of the demo (2 runs twice as fast); default 1",
     )
+    demo.add_argument(
+        "--store",
+        default=None,
+        help="store URL for the process half (default: $TASKWARDEN_STORE or "
+        "sqlite:///taskwarden.db)",
+    )
     return parser
 
 
@@ -38,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.speed <= 0:
             print("taskwarden demo: --speed must be greater than 0", file=sys.stderr)
             return 2
-        return asyncio.run(run_demo(speed=args.speed))
+        store = args.store or os.environ.get("TASKWARDEN_STORE") or "sqlite:///taskwarden.db"
+        return asyncio.run(run_demo(speed=args.speed, store=store))
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

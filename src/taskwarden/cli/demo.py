@@ -1,4 +1,4 @@
-"""``taskwarden demo``: nested operations, cancelled by timeout and by hand, shown live."""
+"""``taskwarden demo``: scopes cancelled by timeout and by hand, then persistent processes."""
 
 from __future__ import annotations
 
@@ -7,15 +7,33 @@ import asyncio
 from rich.console import Console
 from rich.rule import Rule
 
+from taskwarden.cli.demo_processes import run_process_demo
 from taskwarden.history import ExecutionHistory
 from taskwarden.model import OperationStatus
 from taskwarden.registry import OperationRegistry
 from taskwarden.scope import Cancelable, CancelationToken
 
 
-async def run_demo(*, speed: float = 1.0, console: Console | None = None) -> int:
-    """Run the demo; returns 0 when every operation ended the way the demo intends."""
+async def run_demo(
+    *, speed: float = 1.0, console: Console | None = None, store: str | None = None
+) -> int:
+    """Run both halves of the demo: scopes in memory, then processes on ``store``.
+
+    Returns 0 when every operation and process ended the way the demo intends.
+    """
     out = console or Console()
+    out.print(Rule("[bold]1. cancelable scopes, the registry and the history"))
+    scopes_ok = await run_scope_demo(speed=speed, console=out)
+    out.print(Rule("[bold]2. persistent processes"))
+    processes_ok = await run_process_demo(
+        store or "sqlite:///taskwarden.db", speed=speed, console=out
+    )
+    return 0 if scopes_ok and processes_ok else 1
+
+
+async def run_scope_demo(*, speed: float, console: Console) -> bool:
+    """Nested scopes cancelled by timeout and by hand; True when all ended as intended."""
+    out = console
     registry = OperationRegistry(history=ExecutionHistory(max_entries=1000))
     tick = 0.1 / speed
     stop_report = CancelationToken()
@@ -81,5 +99,5 @@ async def run_demo(*, speed: float = 1.0, console: Console | None = None) -> int
     wrong = {name: s for name, s in expected.items() if statuses.get(name) is not s}
     if wrong or not tree_shown.is_set():
         out.print(f"[red]unexpected outcome: {wrong}")
-        return 1
-    return 0
+        return False
+    return True
