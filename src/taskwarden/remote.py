@@ -19,21 +19,28 @@ reply is ``{"ok": true, "process": <document>}`` or ``{"ok": false, "reason": <c
 Engines sharing a store may each serve commands; a cancel handled by an engine that does not
 run the process is broadcast on ``<prefix>.control.cancel``, so the engine running it stops
 it at once.
+
+While it runs, :class:`RemoteControl` also publishes every committed state change on
+``<prefix>.process.changed`` (ids and the new state, never whole documents) and the engine's
+heartbeat on ``system.<engine>.health``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskwarden.abc import Bus, BusMessage, BusSubscription
-from taskwarden.errors import ConfigurationError, TaskwardenError
+from taskwarden.errors import BusError, ConfigurationError, TaskwardenError
+from taskwarden.heartbeat import HeartbeatPublisher
 
 if TYPE_CHECKING:
     from taskwarden.engine import Engine
+    from taskwarden.processes import ProcessRecord
 
 __all__ = ["ENGINE_COMMANDS", "CommandHandler", "CommandResult", "RemoteClient", "RemoteControl"]
 
@@ -83,6 +90,11 @@ class CommandResult:
         )
 
 
+def _token(name: str) -> str:
+    """``name`` as one topic token (no dots, spaces or wildcards)."""
+    return "".join("-" if c in ".*> " else c for c in name)
+
+
 def _refusal(exc: TaskwardenError) -> dict[str, Any]:
     return {"ok": False, "reason": exc.reason, "message": str(exc)}
 
@@ -108,41 +120,131 @@ class RemoteControl:
         engine: the engine to control.
         bus: an open bus.
         prefix: the topic namespace; clients must use the same one.
+        heartbeat_interval: seconds between the engine's heartbeats (None: no heartbeat).
+        max_pending_events: state-change events buffered while the bus is slow; beyond it
+            the oldest are dropped (and counted in :attr:`events_dropped`).
+        serve_commands: False keeps this engine from taking commands (it still publishes,
+            beats and obeys broadcast cancels), e.g. for an engine that only runs work.
     """
 
-    def __init__(self, engine: Engine, bus: Bus, *, prefix: str = "taskwarden") -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        bus: Bus,
+        *,
+        prefix: str = "taskwarden",
+        heartbeat_interval: float | None = 5.0,
+        max_pending_events: int = 10_000,
+        serve_commands: bool = True,
+    ) -> None:
         self.engine = engine
+        self.serve_commands = serve_commands
         self.bus = bus
         self.prefix = prefix
+        self.events_dropped = 0
         self._served: list[str] = []
         self._cancel_watch: BusSubscription | None = None
-        self._watch_task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Serve every engine command and watch broadcast cancels."""
-        for verb in ENGINE_COMMANDS:
-            await self._serve(f"{self.prefix}.engine.{verb}", self._engine_handler(verb))
-        self._cancel_watch = self.bus.subscribe(f"{self.prefix}.control.cancel", max_buffer=1000)
-        await self._cancel_watch.start()
-        self._watch_task = asyncio.get_running_loop().create_task(
-            self._watch_cancels(self._cancel_watch), name="taskwarden-remote-cancels"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._events: deque[ProcessRecord] = deque()
+        self._max_events = max_pending_events
+        self._events_ready = asyncio.Event()
+        self._heartbeat = (
+            HeartbeatPublisher(
+                bus,
+                _token(engine.engine_id),
+                interval=heartbeat_interval,
+                extra=lambda: {
+                    "kind": "engine",
+                    "engine": engine.engine_id,
+                    "active_runs": len(engine.active_runs()),
+                },
+            )
+            if heartbeat_interval is not None
+            else None
         )
 
+    @property
+    def worker_name(self) -> str:
+        """The name this engine's heartbeats carry (its id, as one topic token)."""
+        return _token(self.engine.engine_id)
+
+    async def start(self) -> None:
+        """Serve every engine command, watch broadcast cancels, publish events and beats."""
+        loop = asyncio.get_running_loop()
+        if self.serve_commands:
+            for verb in ENGINE_COMMANDS:
+                await self._serve(f"{self.prefix}.engine.{verb}", self._engine_handler(verb))
+        self._cancel_watch = self.bus.subscribe(f"{self.prefix}.control.cancel", max_buffer=1000)
+        await self._cancel_watch.start()
+        self._tasks.append(
+            loop.create_task(
+                self._watch_cancels(self._cancel_watch), name="taskwarden-remote-cancels"
+            )
+        )
+        self.engine.on_change.append(self._on_change)
+        self._tasks.append(loop.create_task(self._publish_events(), name="taskwarden-events"))
+        if self._heartbeat is not None:
+            await self._heartbeat.start()
+
     async def stop(self) -> None:
-        """Stop serving (requests being handled finish)."""
+        """Stop serving (requests being handled finish), publishing and beating."""
+        if self._on_change in self.engine.on_change:
+            self.engine.on_change.remove(self._on_change)
+        if self._heartbeat is not None:
+            await self._heartbeat.stop()
         for topic in self._served:
             await self.bus.unserve(topic)
         self._served.clear()
         if self._cancel_watch is not None:
             await self._cancel_watch.close()
             self._cancel_watch = None
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            # wait() neither raises the task's cancellation nor swallows one aimed at us.
-            await asyncio.wait([self._watch_task])
-            if not self._watch_task.cancelled() and self._watch_task.exception() is not None:
-                logger.error("cancel watcher failed", exc_info=self._watch_task.exception())
-            self._watch_task = None
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # wait() neither raises the tasks' cancellation nor swallows one aimed at us.
+            await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("remote control task failed", exc_info=task.exception())
+
+    async def __aenter__(self) -> RemoteControl:
+        """Start serving."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop serving."""
+        await self.stop()
+
+    def _on_change(self, record: ProcessRecord) -> None:
+        if len(self._events) >= self._max_events:
+            self._events.popleft()
+            self.events_dropped += 1
+        self._events.append(record)
+        self._events_ready.set()
+
+    async def _publish_events(self) -> None:
+        topic = f"{self.prefix}.process.changed"
+        while True:
+            await self._events_ready.wait()
+            self._events_ready.clear()
+            while self._events:
+                record = self._events.popleft()
+                try:
+                    await self.bus.publish(
+                        topic,
+                        {
+                            "process_id": record.process_id,
+                            "state": record.state.value,
+                            "root_id": record.root_id,
+                            "parent_id": record.parent_id,
+                            "engine": self.engine.engine_id,
+                        },
+                    )
+                except BusError as exc:
+                    self.events_dropped += 1
+                    logger.warning("state change of %s not published: %s", record.process_id, exc)
 
     async def register(self, verb: str, handler: CommandHandler) -> None:
         """Serve an application command ``verb`` on ``<prefix>.app.<verb>``.
