@@ -94,6 +94,8 @@ class RedisBus(BaseBus):
         self._globs: dict[str, set[QueueSubscription]] = {}
         self._confirmed: dict[str, asyncio.Future[None]] = {}
         self._loops: dict[str, asyncio.Task[None]] = {}
+        self._stopping: set[str] = set()
+        self._blocked_ids: dict[str, int] = {}
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._services: tuple[float, frozenset[str]] = (0.0, frozenset())
         self._reply_key = f"{prefix}:rp:{self.bus_id}"
@@ -106,6 +108,12 @@ class RedisBus(BaseBus):
         """The redis-py client (for diagnostics); ``BusError`` if the bus is not open."""
         self._require_open()
         assert self._redis is not None
+        return self._redis
+
+    @property
+    def _r(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise BusError("RedisBus is not open: call open() or use 'async with'")
         return self._redis
 
     async def open(self) -> None:
@@ -126,6 +134,7 @@ class RedisBus(BaseBus):
             raise BusError(f"cannot reach Redis at {self.url}: {exc}; is it running?") from exc
         self._is_open = True
         self._closing = False
+        self._stopping.clear()
         ready = asyncio.get_running_loop().create_future()
         self._loops["pubsub"] = asyncio.create_task(
             self._pubsub_loop(ready), name=f"taskwarden-redis-pubsub:{self.bus_id}"
@@ -148,6 +157,8 @@ class RedisBus(BaseBus):
         self._globs.clear()
         for name in list(self._loops):
             await self._stop_loop(name)
+        with contextlib.suppress(RedisError):
+            await self._r.delete(self._reply_key)
         for future in self._pending.values():
             future.cancel()
         self._pending.clear()
@@ -156,10 +167,40 @@ class RedisBus(BaseBus):
             self._redis = None
         self._is_open = False
 
+    def _blocking_client(self) -> aioredis.Redis:
+        """A one-connection client for a blocking command, woken rather than cancelled.
+
+        Cancelling redis-py in the middle of a blocking read can leave the task stuck, so
+        loops that block are stopped by waking them (a sentinel, ``CLIENT UNBLOCK``). It
+        does not retry on its own, so the loop knows when the connection (and its id)
+        changed.
+        """
+        return aioredis.Redis.from_url(
+            self.url, single_connection_client=True, retry=Retry(ExponentialBackoff(), 0)
+        )
+
     async def _stop_loop(self, name: str) -> None:
+        """Ask a loop to stop, wake it from its blocking read, and wait for it."""
         task = self._loops.pop(name, None)
-        if task is not None:
+        if task is None:
+            return
+        self._stopping.add(name)
+        try:
+            if name == "pubsub":
+                await self._r.publish(f"{self.prefix}:ctl:{self.bus_id}", b"stop")
+            elif name == "replies":
+                await self._r.lpush(self._reply_key, b"")
+            elif name in self._blocked_ids:
+                await self._r.client_unblock(self._blocked_ids[name])
+        except RedisError as exc:
+            log.info("could not wake redis bus loop %s: %r", name, exc)
+        done, _ = await asyncio.wait({task}, timeout=2.0)
+        if not done:
+            log.warning("redis bus loop %s did not stop when woken; cancelling it", name)
             await cancel_and_wait(task)
+        elif not task.cancelled() and task.exception() is not None:
+            log.error("redis bus loop %s failed", name, exc_info=task.exception())
+        self._stopping.discard(name)
 
     def _backoff(self, attempt: int) -> float:
         return float(min(self._max_delay, self._reconnect_delay * (2 ** min(attempt, 10))))
@@ -172,7 +213,7 @@ class RedisBus(BaseBus):
         validate_topic(topic)
         data = encode_payload(payload)
         try:
-            await self.client.publish(f"{self.prefix}:ev:{topic}", data)
+            await self._r.publish(f"{self.prefix}:ev:{topic}", data)
         except RedisError as exc:
             raise BusError(f"publishing {topic!r} to Redis failed: {exc}") from exc
 
@@ -216,8 +257,8 @@ class RedisBus(BaseBus):
     async def _pubsub_loop(self, ready: asyncio.Future[None]) -> None:
         attempt = 0
         control = f"{self.prefix}:ctl:{self.bus_id}"
-        while True:
-            pubsub: Any = self.client.pubsub()
+        while "pubsub" not in self._stopping:
+            pubsub: Any = self._r.pubsub()
             try:
                 await pubsub.subscribe(control)
                 # Publish the connection before listing globs: a subscription attached from
@@ -228,7 +269,7 @@ class RedisBus(BaseBus):
                     await pubsub.psubscribe(*globs)
                 if not ready.done():
                     ready.set_result(None)
-                while True:
+                while "pubsub" not in self._stopping:
                     message = await pubsub.get_message(timeout=None)
                     if message is None:
                         continue
@@ -275,7 +316,7 @@ class RedisBus(BaseBus):
         pattern = pick_pattern(topic, patterns)
         if pattern is not None and time.monotonic() - fetched_at < _SERVICES_TTL:
             return pattern
-        members: Any = await self.client.smembers(f"{self.prefix}:services")
+        members: Any = await self._r.smembers(f"{self.prefix}:services")
         patterns = frozenset(m.decode() for m in members)
         self._services = (time.monotonic(), patterns)
         return pick_pattern(topic, patterns)
@@ -303,7 +344,7 @@ class RedisBus(BaseBus):
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            await self.client.xadd(
+            await self._r.xadd(
                 f"{self.prefix}:rq:{pattern}",
                 {
                     "id": request_id,
@@ -330,26 +371,30 @@ class RedisBus(BaseBus):
 
     async def _reply_loop(self) -> None:
         attempt = 0
-        while True:
-            try:
-                popped = await self.client.blpop([self._reply_key], timeout=0)
-                attempt = 0
-            except _TRANSIENT as exc:
-                delay = self._backoff(attempt)
-                attempt += 1
-                log.warning("redis reply reader lost its connection (%r); retrying", exc)
-                await asyncio.sleep(delay)
-                continue
-            if popped is None:
-                continue
-            try:
-                envelope = decode_payload(popped[1])
-            except InvalidPayload:
-                log.warning("dropping an undecodable reply")
-                continue
-            future = self._pending.get(str(envelope.pop("id", "")))
-            if future is not None and not future.done():
-                future.set_result(envelope)
+        blocking = self._blocking_client()
+        try:
+            while "replies" not in self._stopping:
+                try:
+                    popped = await blocking.blpop([self._reply_key], timeout=0)
+                    attempt = 0
+                except _TRANSIENT as exc:
+                    delay = self._backoff(attempt)
+                    attempt += 1
+                    log.warning("redis reply reader lost its connection (%r); retrying", exc)
+                    await asyncio.sleep(delay)
+                    continue
+                if popped is None or not popped[1]:
+                    continue  # the wake-up sentinel
+                try:
+                    envelope = decode_payload(popped[1])
+                except InvalidPayload:
+                    log.warning("dropping an undecodable reply")
+                    continue
+                future = self._pending.get(str(envelope.pop("id", "")))
+                if future is not None and not future.done():
+                    future.set_result(envelope)
+        finally:
+            await asyncio.shield(blocking.aclose())
 
     async def serve(self, pattern: str, handler: RequestHandler) -> None:
         """Join the consumer group of ``pattern``'s stream and register the pattern."""
@@ -371,38 +416,45 @@ class RedisBus(BaseBus):
         await self._stop_loop(f"serve:{pattern}")
 
     async def _serve_loop(self, pattern: str, ready: asyncio.Future[None]) -> None:
+        name = f"serve:{pattern}"
         stream = f"{self.prefix}:rq:{pattern}"
         attempt = 0
-        while True:
-            try:
+        blocking = self._blocking_client()
+        try:
+            while name not in self._stopping:
                 try:
-                    await self.client.xgroup_create(stream, _GROUP, id="$", mkstream=True)
+                    try:
+                        await self._r.xgroup_create(stream, _GROUP, id="$", mkstream=True)
+                    except ResponseError as exc:
+                        if "BUSYGROUP" not in str(exc):
+                            raise
+                    await self._r.sadd(f"{self.prefix}:services", pattern)
+                    self._blocked_ids[name] = int(await blocking.client_id())
+                    if not ready.done():
+                        ready.set_result(None)
+                    while name not in self._stopping:
+                        batch: Any = await blocking.xreadgroup(
+                            _GROUP, self.bus_id, {stream: ">"}, count=32, block=0
+                        )
+                        attempt = 0
+                        for _, entries in batch or ():
+                            for entry_id, fields in entries:
+                                self._spawn(
+                                    self._handle(pattern, stream, entry_id, fields),
+                                    name=f"taskwarden-redis-request:{pattern}",
+                                )
                 except ResponseError as exc:
-                    if "BUSYGROUP" not in str(exc):
+                    if "NOGROUP" not in str(exc):
                         raise
-                await self.client.sadd(f"{self.prefix}:services", pattern)
-                if not ready.done():
-                    ready.set_result(None)
-                while True:
-                    batch: Any = await self.client.xreadgroup(
-                        _GROUP, self.bus_id, {stream: ">"}, count=32, block=0
-                    )
-                    attempt = 0
-                    for _, entries in batch or ():
-                        for entry_id, fields in entries:
-                            self._spawn(
-                                self._handle(pattern, stream, entry_id, fields),
-                                name=f"taskwarden-redis-request:{pattern}",
-                            )
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                log.warning("redis lost the group of %s (restarted?); re-creating it", stream)
-            except _TRANSIENT as exc:
-                delay = self._backoff(attempt)
-                attempt += 1
-                log.warning("redis server loop of %s lost its connection (%r)", pattern, exc)
-                await asyncio.sleep(delay)
+                    log.warning("redis lost the group of %s (restarted?); re-creating it", stream)
+                except _TRANSIENT as exc:
+                    delay = self._backoff(attempt)
+                    attempt += 1
+                    log.warning("redis server loop of %s lost its connection (%r)", pattern, exc)
+                    await asyncio.sleep(delay)
+        finally:
+            self._blocked_ids.pop(name, None)
+            await asyncio.shield(blocking.aclose())
 
     async def _handle(
         self, pattern: str, stream: str, entry_id: bytes, fields: dict[bytes, bytes]
@@ -415,14 +467,14 @@ class RedisBus(BaseBus):
             payload = decode_payload(fields[b"payload"])
         except (KeyError, ValueError) as exc:
             log.warning("dropping malformed request %s on %s: %r", entry_id, stream, exc)
-            await self.client.xack(stream, _GROUP, entry_id)
+            await self._r.xack(stream, _GROUP, entry_id)
             return
         envelope: dict[str, Any] | None = None
         if time.time() <= deadline:
             handler = self._handlers.get(pattern)
             if handler is not None:
                 envelope = await self._run_handler(handler, topic, payload)
-        async with self.client.pipeline(transaction=False) as pipe:
+        async with self._r.pipeline(transaction=False) as pipe:
             if envelope is not None:
                 envelope["id"] = request_id
                 pipe.rpush(reply_to, encode_payload(envelope))
