@@ -90,7 +90,7 @@ async def next_message(subscription: BusSubscription) -> BusMessage:
 
 async def collect_until_end(subscription: BusSubscription) -> list[str]:
     """Topics received before the message whose payload has ``end``."""
-    topics = []
+    topics: list[str] = []
     while True:
         message = await next_message(subscription)
         if message.payload.get("end"):
@@ -355,8 +355,10 @@ class RestartableRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-            + ["--appendonly", "no", "--dir", self.root],
+            [
+                *(self.binary, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", self.root),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
