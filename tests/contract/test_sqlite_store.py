@@ -13,7 +13,8 @@ import pytest
 
 from taskwarden.errors import InvalidDefinition, StoreError
 from taskwarden.processes import ProcessRecord, ProcessState
-from taskwarden.stores.sqlite import _ALONE, SQLiteStore
+from taskwarden.stores.sqlite import SQLiteStore
+from taskwarden.stores.sqlite_support import ALONE
 
 S = ProcessState
 
@@ -30,7 +31,7 @@ async def test_a_failing_call_does_not_fail_the_others_in_its_batch(tmp_path: Pa
     async with SQLiteStore(tmp_path / "s.db") as store:
         # Park the database thread so that every call below lands in one batch.
         gate = threading.Event()
-        parked = store._submit(_ALONE, gate.wait)
+        parked = store._submit(ALONE, gate.wait)
         good = [store.create(rec(f"ok{i}")) for i in range(10)]
         bad = store.create(rec("bad", description=object()))  # cannot be bound
         calls = asyncio.gather(*good[:5], bad, *good[5:], return_exceptions=True)
@@ -90,7 +91,7 @@ async def test_an_in_memory_database_works(tmp_path: Path) -> None:
 _CLAIMER = textwrap.dedent(
     """
     import asyncio, sys
-    from taskwarden.stores.sqlite import _ALONE, SQLiteStore
+    from taskwarden.stores.sqlite import SQLiteStore
 
     async def main(path, worker):
         got = []

@@ -1119,7 +1119,7 @@ async def test_sqlite_stores_in_two_threads_share_one_file(tmp_path: Path) -> No
             return_exceptions=True,
         )
         assert sum(isinstance(r, ProcessRecord) for r in results) == 1
-        assert a._thread is not b._thread
+        assert a._db is not b._db
 
 
 async def test_sqlite_store_uses_wal(tmp_path: Path) -> None:

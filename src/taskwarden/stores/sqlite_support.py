@@ -1,0 +1,358 @@
+"""The SQLite store's machinery: its database thread and its row codecs.
+
+:class:`DatabaseThread` owns one connection in one thread. Calls queue up there; the thread
+takes everything waiting (up to ``max_batch``) and runs it as one batch in one transaction
+(``BEGIN IMMEDIATE`` when the batch writes), then hands all the answers back to the event
+loop in one wake-up. A call refused with a domain error (a
+:class:`~taskwarden.errors.TaskwardenError`) must have written nothing, so it does not
+disturb the others; a database error rolls the batch back and each call is retried alone,
+so one bad call fails only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from taskwarden.errors import StoreError, TaskwardenError
+from taskwarden.model import CancelationReason, OperationStatus, RunRecord
+from taskwarden.processes import LogEntry, ProcessRecord, ProcessState
+from taskwarden.stores.base import (
+    BOOL_FIELDS,
+    JSON_FIELDS,
+    TIME_FIELDS,
+    encode_dt,
+    json_dumps,
+    log_to_json,
+    retry_transient_sync,
+)
+
+__all__ = [
+    "ALONE",
+    "MAX_PARAMS",
+    "READ",
+    "STOP",
+    "WRITE",
+    "DatabaseThread",
+    "Job",
+    "chunks",
+    "dt",
+    "encode_field",
+    "is_transient",
+    "loads",
+    "log_from_text",
+    "placeholders",
+    "record_from_row",
+    "run_from_row",
+]
+
+logger = logging.getLogger("taskwarden.stores.sqlite")
+
+READ: Final = 0
+"""A call that only reads: ``fn(conn, *args)`` inside the batch transaction."""
+WRITE: Final = 1
+"""A call that writes: its batch runs under ``BEGIN IMMEDIATE``."""
+ALONE: Final = 2
+"""Runs outside any batch transaction, as ``fn(*args)`` (set-up)."""
+STOP: Final = 3
+"""Like ALONE, then the thread ends; later calls get StoreError."""
+
+MAX_PARAMS = 500
+"""Stay well under SQLite's bound-parameter limit."""
+
+Outcome = tuple["Job", Any, BaseException | None]
+
+_fromiso = datetime.fromisoformat
+_json_loads = json.loads
+
+
+def loads(text: str) -> Any:
+    """``json.loads`` with a fast path for the empty object and list."""
+    # Most params, metadata and logs are empty; skipping the decoder for them is a
+    # measurable share of a transition's cost.
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
+    return _json_loads(text)
+
+
+def dt(value: str | None) -> datetime | None:
+    """A stored time (or None) as an aware datetime."""
+    return None if value is None else _fromiso(value)
+
+
+def log_from_text(text: str) -> tuple[LogEntry, ...]:
+    """A stored log (JSON text) as entries."""
+    if text == "[]":
+        return ()
+    return tuple(
+        LogEntry(
+            timestamp=_fromiso(item["timestamp"]),
+            level=item["level"],
+            message=item["message"],
+            data=item.get("data"),
+        )
+        for item in loads(text)
+    )
+
+
+def record_from_row(row: Sequence[Any]) -> ProcessRecord:
+    """A row in PROCESS_COLUMNS order as a record."""
+    return ProcessRecord(
+        process_id=row[0],
+        name=row[1],
+        description=row[2],
+        params=loads(row[3]),
+        metadata=loads(row[4]),
+        parent_id=row[5],
+        root_id=row[6],
+        depth=row[7],
+        order=row[8],
+        cancellable=bool(row[9]),
+        adhoc=bool(row[10]),
+        ephemeral=bool(row[11]),
+        special=bool(row[12]),
+        warning=row[13],
+        schedule=row[14],
+        state=ProcessState(row[15]),
+        error=row[16],
+        running_since=dt(row[17]),
+        done_at=dt(row[18]),
+        duration=row[19],
+        failed_at=dt(row[20]),
+        stopped_at=dt(row[21]),
+        progress_percent=row[22],
+        progress_message=row[23],
+        log=log_from_text(row[24]),
+        created_at=_fromiso(row[25]),
+        run_number=row[26],
+        lease_owner=row[27],
+        lease_expires_at=dt(row[28]),
+        last_cron_tick=dt(row[29]),
+        updated_at=_fromiso(row[30]),
+        resumable=bool(row[31]),
+    )
+
+
+def encode_field(field: str, value: Any) -> Any:
+    """One field's value as SQLite stores it."""
+    if value is None:
+        return None
+    if field in TIME_FIELDS:
+        return encode_dt(value)
+    if field in JSON_FIELDS:
+        return json_dumps(value, field)
+    if field == "log":
+        return json_dumps(log_to_json(value), "log data")
+    if field in BOOL_FIELDS:
+        return 1 if value else 0
+    if field == "state":
+        return ProcessState(value).value
+    return value
+
+
+def run_from_row(row: Sequence[Any]) -> RunRecord:
+    """A row in RUN_COLUMNS order as a run record."""
+    return RunRecord(
+        index=row[0],
+        operation_id=row[1],
+        name=row[2],
+        kind=row[3],
+        status=OperationStatus(row[4]),
+        started_at=_fromiso(row[5]),
+        ended_at=dt(row[6]),
+        duration=row[7],
+        result=row[8],
+        error=row[9],
+        traceback=row[10],
+        cancel_reason=None if row[11] is None else CancelationReason(row[11]),
+        cancel_message=row[12],
+        parent_id=row[13],
+        metadata=loads(row[14]),
+        process_id=row[15],
+        run_number=row[16],
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for a busy or locked database: retrying later may succeed."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def placeholders(count: int) -> str:
+    """``?, ?, ...`` for ``count`` parameters."""
+    return ", ".join("?" * count)
+
+
+def chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    """``items`` in slices small enough to bind as parameters."""
+    for start in range(0, len(items), MAX_PARAMS):
+        yield items[start : start + MAX_PARAMS]
+
+
+@dataclasses.dataclass(slots=True)
+class Job:
+    """One queued call: what to run, with what, and where its answer goes."""
+
+    kind: int
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any] | None
+    loop: asyncio.AbstractEventLoop | None
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in outcomes:
+        if future.done():  # the caller gave up (cancelled); the write stands
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+class DatabaseThread:
+    """One SQLite connection served by one thread; see the module docstring.
+
+    ``conn`` is set by the first (ALONE) call, which connects; ``describe`` names the
+    database in error messages.
+    """
+
+    def __init__(self, *, describe: str, max_batch: int) -> None:
+        self.describe = describe
+        self.conn: sqlite3.Connection | None = None
+        self._max_batch = max(1, max_batch)
+        self._queue: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._serve, name=f"taskwarden-sqlite:{describe}", daemon=True
+        )
+        self._stopping = False
+
+    def start(self) -> None:
+        """Start serving."""
+        self._thread.start()
+
+    def submit(self, kind: int, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Queue a call; its answer (or error) arrives on the calling loop's future."""
+        if self._stopping:
+            raise StoreError("the store is not open: call await store.open() or use async with")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(Job(kind, fn, args, future, loop))
+        return future
+
+    async def stop(self, final: Callable[[], None]) -> None:
+        """Run what is queued, then ``final()`` (closing the connection), then end."""
+        if self._stopping:
+            return
+        done = self.submit(STOP, final)
+        self._stopping = True
+        try:
+            await done
+        finally:
+            await asyncio.to_thread(self._thread.join)
+
+    def _serve(self) -> None:
+        """The thread's loop: take what is queued, run it, hand the results back."""
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        while True:
+            batch = [get()]
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(job.kind == STOP for job in batch)
+            try:
+                outcomes = self._process(batch)
+            except BaseException as exc:
+                # Never let the thread die silently: every caller would wait forever.
+                logger.exception("internal error in the SQLite store thread")
+                error = StoreError(f"internal error in the SQLite store thread: {exc!r}")
+                outcomes = [(job, None, error) for job in batch]
+            self._deliver(outcomes)
+            if stop:
+                return
+
+    def _process(self, batch: list[Job]) -> list[tuple[Job, Any, BaseException | None]]:
+        outcomes: list[tuple[Job, Any, BaseException | None]] = []
+        group: list[Job] = []
+        stop = False
+        for job in batch:
+            if stop:
+                outcomes.append((job, None, StoreError("the store was closed")))
+            elif job.kind in (ALONE, STOP):
+                outcomes.extend(self._run_group(group))
+                group = []
+                outcomes.append(self._run_alone(job))
+                stop = job.kind == STOP
+            else:
+                group.append(job)
+        outcomes.extend(self._run_group(group))
+        return outcomes
+
+    def _deliver(self, outcomes: list[tuple[Job, Any, BaseException | None]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for job, result, error in outcomes:
+            if job.future is not None and job.loop is not None:
+                by_loop.setdefault(job.loop, []).append((job.future, result, error))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, items)
+            except RuntimeError:  # the loop is closed: nobody waits for these any more
+                logger.debug("dropped %d store results for a closed event loop", len(items))
+
+    def _wrap(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, sqlite3.Error):
+            wrapped = StoreError(f"SQLite store {self.describe} failed: {exc}")
+            wrapped.__cause__ = exc
+            return wrapped
+        return exc
+
+    def _run_alone(self, job: Job) -> tuple[Job, Any, BaseException | None]:
+        try:
+            return job, job.fn(*job.args), None
+        except Exception as exc:
+            return job, None, self._wrap(exc)
+
+    def _run_group(self, jobs: list[Job]) -> list[tuple[Job, Any, BaseException | None]]:
+        if not jobs:
+            return []
+        try:
+            return retry_transient_sync(lambda: self._transaction(jobs), is_transient=is_transient)
+        except Exception as exc:
+            if len(jobs) == 1:
+                return [(jobs[0], None, self._wrap(exc))]
+            # Isolate the culprit: every other call of the batch still gets its answer.
+            return [outcome for job in jobs for outcome in self._run_group([job])]
+
+    def _transaction(self, jobs: list[Job]) -> list[tuple[Job, Any, BaseException | None]]:
+        conn = self.conn
+        assert conn is not None
+        writes = any(job.kind == WRITE for job in jobs)
+        conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+        try:
+            outcomes: list[tuple[Job, Any, BaseException | None]] = []
+            for job in jobs:
+                try:
+                    outcomes.append((job, job.fn(conn, *job.args), None))
+                except TaskwardenError as exc:  # refused before writing anything
+                    outcomes.append((job, None, exc))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes
