@@ -51,7 +51,8 @@ class BusSubscription(ABC):
     connected, is delivered (at most once). The buffer holds at most ``max_buffer`` messages;
     when a slow consumer lets it fill, the **oldest** buffered message is dropped and
     :attr:`dropped` counts it, so memory stays bounded and the consumer sees the most recent
-    state. Iteration ends when the subscription or its bus is closed.
+    state. Iteration ends when the subscription or its bus is closed. A subscription has
+    one consumer: iterate it from one task (make several subscriptions to fan out).
     """
 
     @property

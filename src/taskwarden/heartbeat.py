@@ -422,11 +422,12 @@ class WorkerRegistry:
         """True between :meth:`start` and :meth:`stop`."""
         return self._task is not None and not self._task.done()
 
-    async def start(self, bus: Bus | None) -> None:
+    async def start(self, bus: Bus | None, *, ready_timeout: float = 30.0) -> None:
         """Subscribe to ``<prefix>.*.health`` on ``bus`` and start the expiry sweeper.
 
-        Returns once the subscription is active. Idempotent; with ``bus=None`` it does
-        nothing (every worker stays unknown unless :meth:`record` is called).
+        Returns once the subscription is active; raises ``BusError`` (and stops) if that
+        takes longer than ``ready_timeout`` real seconds. Idempotent; with ``bus=None`` it
+        does nothing (every worker stays unknown unless :meth:`record` is called).
         """
         if self.running or bus is None:
             return
@@ -436,11 +437,16 @@ class WorkerRegistry:
         started = self._subscriptions
         self._task = asyncio.create_task(self._run(bus), name="taskwarden-worker-registry")
         waiter = asyncio.create_task(self.wait_subscribed(started + 1))
-        done, _ = await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {self._task, waiter}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if waiter not in done:
             waiter.cancel()
             await self.stop()
-            raise BusError("the worker registry could not subscribe to heartbeats")
+            raise BusError(
+                f"the worker registry could not subscribe to heartbeats within "
+                f"{ready_timeout:g}s: is the bus open and its server reachable?"
+            )
 
     async def stop(self) -> None:
         """Stop subscribing, sweeping and publishing transitions. Idempotent."""

@@ -228,6 +228,15 @@ async def test_request_gets_the_reply_of_the_serving_handler(buses: Buses) -> No
     assert reply == {"topic": "cmd.launch.job", "echo": {"id": 7}}
 
 
+async def test_large_requests_and_replies_travel_whole(buses: Buses) -> None:
+    """A 50 kB request and its 50 kB reply cross the bus intact."""
+    client, server = await buses.open(), await buses.open()
+    await server.serve("cmd.big", echo)
+    body = {"blob": "y" * 50_000}
+    reply = await client.request("cmd.big", body, timeout=WAIT)
+    assert reply == {"topic": "cmd.big", "echo": body}
+
+
 async def test_a_failing_handler_raises_remote_handler_error(buses: Buses) -> None:
     """The handler's exception comes back as ``RemoteHandlerError`` naming its type."""
     client, server = await buses.open(), await buses.open()

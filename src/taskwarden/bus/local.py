@@ -12,7 +12,7 @@ import itertools
 import weakref
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from taskwarden.abc import RequestHandler
 from taskwarden.bus.base import (
@@ -34,7 +34,7 @@ class LocalHub:
 
     __slots__ = ("__weakref__", "_rotation", "buses")
 
-    _named: weakref.WeakValueDictionary[str, LocalHub] = weakref.WeakValueDictionary()
+    _named: ClassVar[weakref.WeakValueDictionary[str, LocalHub]] = weakref.WeakValueDictionary()
 
     def __init__(self) -> None:
         self.buses: set[LocalBus] = set()

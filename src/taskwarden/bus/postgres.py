@@ -114,6 +114,9 @@ class PostgresBus(BaseBus):
         self.reconnects = 0
         #: Large bodies whose row was gone when the notification arrived (expired).
         self.lost_bodies = 0
+        #: Events known missed: gaps in a publisher's sequence (e.g. while reconnecting).
+        self.missed = 0
+        self._last_sequence: dict[str, int] = {}
 
     @property
     def listener_application_name(self) -> str:
@@ -299,6 +302,7 @@ class PostgresBus(BaseBus):
                 self.lost_bodies += 1
                 continue
             if channel == self._events:
+                self._count_gap(envelope)
                 self._dispatch(str(envelope.get("t", "")), payload, received_at)
             elif channel == self._replies:
                 future = self._pending.get(str(envelope.get("k", "")))
@@ -308,6 +312,17 @@ class PostgresBus(BaseBus):
                 topic = str(envelope.get("t", ""))
                 if self._handler_for(topic) is not None:
                     self._spawn(self._claim(int(payload["id"])), name=f"taskwarden-pg-rq:{topic}")
+
+    def _count_gap(self, envelope: Mapping[str, Any]) -> None:
+        publisher, sequence = envelope.get("b"), envelope.get("s")
+        if not isinstance(publisher, str) or not isinstance(sequence, int):
+            return
+        last = self._last_sequence.get(publisher)
+        if last is not None and sequence > last + 1:
+            self.missed += sequence - last - 1
+        if len(self._last_sequence) > 10_000:
+            self._last_sequence.clear()  # publishers come and go; never grow unbounded
+        self._last_sequence[publisher] = sequence
 
     async def _body(self, envelope: dict[str, Any]) -> dict[str, Any] | None:
         if "p" in envelope:
