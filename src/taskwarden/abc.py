@@ -215,7 +215,8 @@ class Store(ABC):
     :meth:`close`; or ``async with store:``. A verb called on a store that is not open
     raises :class:`~taskwarden.errors.StoreError`. Driver errors are wrapped in
     ``StoreError`` (or its subclass ``SchemaError``) with the cause chained; transient ones
-    (a busy database, a lost connection) are retried a few times first.
+    after which nothing was committed (a busy database, a refused connection, a
+    serialization failure) are retried a few times first.
 
     Time: lease decisions use the wall time of the store's
     :class:`~taskwarden.clock.Clock` (``clock=`` in the constructor, a ``SystemClock`` by
