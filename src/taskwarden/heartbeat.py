@@ -358,18 +358,18 @@ class WorkerRegistry:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            return self._rows()
+            return self._rows(list(self._workers.values()))
         finally:
             if collecting:
                 gc.enable()
 
-    def _rows(self) -> list[WorkerStatus]:
+    def _rows(self, workers: list[_Worker]) -> list[WorkerStatus]:
         now = self.clock.now()
         offset = self._wall_offset
         ok, stale, unknown = WorkerState.OK, WorkerState.STALE, WorkerState.UNKNOWN
         rows: list[WorkerStatus] = []
         append = rows.append
-        for worker in list(self._workers.values()):
+        for worker in workers:
             last = worker.last
             if last is None:
                 append(
@@ -411,9 +411,8 @@ class WorkerRegistry:
 
     def status(self, name: str) -> WorkerStatus | None:
         """The row of one worker, or None if it has none."""
-        if name not in self._workers:
-            return None
-        return next(row for row in self.snapshot() if row.name == name)
+        worker = self._workers.get(name)
+        return None if worker is None else self._rows([worker])[0]
 
     # -- running on a bus ------------------------------------------------------------------
 

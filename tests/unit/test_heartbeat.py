@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
 
 from taskwarden.abc import BusSubscription
+from taskwarden.bus import open_bus
 from taskwarden.bus.local import LocalBus
 from taskwarden.clock import FakeClock
 from taskwarden.errors import ConfigurationError
@@ -382,6 +384,34 @@ async def test_publisher_and_registry_agree_end_to_end(bus: LocalBus, clock: Fak
     finally:
         await publisher.stop()
         await registry.stop()
+
+
+def test_status_returns_one_row_or_none(clock: FakeClock) -> None:
+    """``status(name)`` is the worker's snapshot row; None for a name without a row."""
+    registry = WorkerRegistry(["api", "db"], clock=clock)
+    registry.record("db", {"lag": 1})
+    row = registry.status("db")
+    assert row is not None and row.state is WorkerState.OK and row.payload == {"lag": 1}
+    assert registry.status("nobody") is None
+
+
+@pytest.mark.redis
+async def test_heartbeats_cross_a_real_redis_bus(redis_server_url: str) -> None:
+    """A publisher on one RedisBus and a registry on another: the worker shows ok, and its
+    transition event arrives over Redis."""
+    url = f"{redis_server_url}?prefix=hb{uuid.uuid4().hex[:10]}"
+    async with open_bus(url) as worker_bus, open_bus(url) as api_bus:
+        registry = WorkerRegistry(["worker-1"], interval=60)
+        async with api_bus.subscribe("system.*.state") as changes:
+            await registry.start(api_bus)
+            try:
+                async with HeartbeatPublisher(worker_bus, "worker-1", interval=60):
+                    event = await next_state(changes)
+                assert (event["name"], event["state"]) == ("worker-1", "ok")
+                assert states(registry) == {"worker-1": "ok"}
+                assert registry.stats.accepted == 1
+            finally:
+                await registry.stop()
 
 
 # -- module singleton ----------------------------------------------------------------------
