@@ -336,6 +336,45 @@ async def test_local_urls_share_a_hub_and_memory_urls_do_not() -> None:
     assert isinstance(open_bus("postgresql://u@127.0.0.1:1/db?prefix=p"), PostgresBus)
 
 
+@pytest.mark.redis
+async def test_redis_clears_expired_requests_stranded_by_a_dead_server(
+    redis_server_url: str,
+) -> None:
+    """A request read but never acknowledged by a server that died is acknowledged and
+    deleted by a live server once past its deadline, and never handled; one still within
+    its deadline is left alone."""
+    prefix = "t" + uuid.uuid4().hex[:12]
+    server = RedisBus(redis_server_url, prefix=prefix, reclaim_after=0.001)
+    async with server:
+        handled: list[str] = []
+
+        async def record(message: BusMessage) -> Mapping[str, Any]:
+            handled.append(message.topic)
+            return {}
+
+        await server.serve("cmd.x", record)
+        await server.unserve("cmd.x")
+        stream = f"{prefix}:rq:cmd.x"
+        raw = server.client
+        for deadline in (time.time() - 1, time.time() + 3600):
+            await raw.xadd(
+                stream,
+                {
+                    "id": "r",
+                    "topic": "cmd.x",
+                    "payload": "{}",
+                    "reply_to": "nowhere",
+                    "deadline": repr(deadline),
+                },
+            )
+        stranded: Any = await raw.xreadgroup("servers", "dead-server", {stream: ">"}, count=10)
+        assert len(stranded[0][1]) == 2
+        await server.serve("cmd.x", record)
+        assert server.reclaimed == 1
+        assert await raw.xlen(stream) == 1
+        assert handled == []
+
+
 # -- reconnection ------------------------------------------------------------------------
 
 

@@ -73,6 +73,12 @@ class RedisBus(BaseBus):
 
     ``url`` is a redis-py URL; ``prefix`` isolates deployments (and tests) sharing a server.
     ``reconnect_delay`` is the first wait before reconnecting, doubled up to ``max_delay``.
+
+    Housekeeping, when a server starts serving and every ``reclaim_after`` seconds while it
+    serves: requests left unacknowledged for ``reclaim_after`` seconds by a server that
+    died are taken over and, once past their deadline, acknowledged and deleted (never
+    handled: a request goes to one server at most); consumers with nothing pending and idle
+    for ``forget_consumers_after`` seconds (the names of dead buses) are removed.
     """
 
     def __init__(
@@ -82,9 +88,15 @@ class RedisBus(BaseBus):
         prefix: str = "taskwarden",
         reconnect_delay: float = 0.05,
         max_delay: float = 2.0,
+        reclaim_after: float = 60.0,
+        forget_consumers_after: float = 86_400.0,
     ) -> None:
         super().__init__()
         self.url = url
+        self._reclaim_after = reclaim_after
+        self._forget_after = forget_consumers_after
+        #: Expired requests left unacknowledged by dead servers that this bus cleared.
+        self.reclaimed = 0
         self.prefix = prefix
         self.bus_id = uuid.uuid4().hex[:16]
         self._reconnect_delay = reconnect_delay
@@ -430,13 +442,19 @@ class RedisBus(BaseBus):
                             raise
                     await self._r.sadd(f"{self.prefix}:services", pattern)
                     self._blocked_ids[name] = int(await blocking.client_id())
+                    housekept = time.monotonic()
+                    await self._housekeep_safely(stream)
                     if not ready.done():
                         ready.set_result(None)
+                    block_ms = max(1, int(self._reclaim_after * 1000))
                     while name not in self._stopping:
                         batch: Any = await blocking.xreadgroup(
-                            _GROUP, self.bus_id, {stream: ">"}, count=32, block=0
+                            _GROUP, self.bus_id, {stream: ">"}, count=32, block=block_ms
                         )
                         attempt = 0
+                        if time.monotonic() - housekept >= self._reclaim_after:
+                            housekept = time.monotonic()
+                            await self._housekeep_safely(stream)
                         for _, entries in batch or ():
                             for entry_id, fields in entries:
                                 self._spawn(
@@ -444,9 +462,14 @@ class RedisBus(BaseBus):
                                     name=f"taskwarden-redis-request:{pattern}",
                                 )
                 except ResponseError as exc:
-                    if "NOGROUP" not in str(exc):
-                        raise
-                    log.warning("redis lost the group of %s (restarted?); re-creating it", stream)
+                    if "NOGROUP" in str(exc):
+                        log.warning("redis lost the group of %s; re-creating it", stream)
+                        continue
+                    # Keep serving: a refused command must not silently end the loop.
+                    delay = self._backoff(attempt)
+                    attempt += 1
+                    log.error("redis server loop of %s: %s; retrying", pattern, exc)
+                    await asyncio.sleep(delay)
                 except _TRANSIENT as exc:
                     delay = self._backoff(attempt)
                     attempt += 1
@@ -455,6 +478,46 @@ class RedisBus(BaseBus):
         finally:
             self._blocked_ids.pop(name, None)
             await asyncio.shield(blocking.aclose())
+
+    async def _housekeep_safely(self, stream: str) -> None:
+        try:
+            await self._housekeep(stream)
+        except ResponseError as exc:
+            log.warning("housekeeping of %s failed: %s", stream, exc)
+
+    async def _housekeep(self, stream: str) -> None:
+        """Clear expired requests stranded by dead servers; forget long-idle consumers."""
+        start: Any = "0-0"
+        now = time.time()
+        for _ in range(100):  # bounded: at most 10,000 entries per pass
+            claimed: Any = await self._r.xautoclaim(
+                stream, _GROUP, self.bus_id, int(self._reclaim_after * 1000), start, count=100
+            )
+            start, entries = claimed[0], claimed[1]
+            expired = [
+                entry_id
+                for entry_id, fields in entries
+                if fields is None or float(fields.get(b"deadline", 0) or 0) < now
+            ]
+            if expired:
+                async with self._r.pipeline(transaction=False) as pipe:
+                    pipe.xack(stream, _GROUP, *expired)
+                    pipe.xdel(stream, *expired)
+                    await pipe.execute()
+                self.reclaimed += len(expired)
+            if start in (b"0-0", "0-0"):
+                break
+        consumers: Any = await self._r.xinfo_consumers(stream, _GROUP)
+        for consumer in consumers:
+            consumer_name = consumer["name"]
+            if isinstance(consumer_name, bytes):
+                consumer_name = consumer_name.decode()
+            if (
+                consumer_name != self.bus_id
+                and not consumer["pending"]
+                and consumer["idle"] >= self._forget_after * 1000
+            ):
+                await self._r.xgroup_delconsumer(stream, _GROUP, consumer_name)
 
     async def _handle(
         self, pattern: str, stream: str, entry_id: bytes, fields: dict[bytes, bytes]
