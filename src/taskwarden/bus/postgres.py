@@ -267,13 +267,21 @@ class PostgresBus(BaseBus):
             envelope,
             body,
         )
+        await self._cleanup()
+
+    async def _cleanup(self, *, force: bool = False) -> None:
+        """At most every 30 s: delete old bodies and requests whose requester gave up."""
         now = time.monotonic()
-        if now - self._last_cleanup > 30:
-            self._last_cleanup = now
-            await self._execute(
-                "DELETE FROM taskwarden_bus_bodies "
-                f"WHERE created_at < now() - interval '{_BODY_RETENTION}'"
-            )
+        if not force and now - self._last_cleanup < 30:
+            return
+        self._last_cleanup = now
+        await self._execute(
+            "DELETE FROM taskwarden_bus_bodies "
+            f"WHERE created_at < now() - interval '{_BODY_RETENTION}'"
+        )
+        await self._execute(
+            "DELETE FROM taskwarden_bus_requests WHERE deadline < now() - interval '1 minute'"
+        )
 
     async def publish(self, topic: str, payload: Mapping[str, Any]) -> None:
         """NOTIFY ``<prefix>:ev`` (large payloads by reference); at most once."""
@@ -410,6 +418,7 @@ class PostgresBus(BaseBus):
 
     async def _sweep(self) -> None:
         """Claim waiting requests that this bus serves (after a start or a reconnection)."""
+        await self._cleanup()
         try:
             rows = await self.pool.fetch(
                 "SELECT id, topic FROM taskwarden_bus_requests "
