@@ -6,6 +6,9 @@ This module is the curated public API: everything a user needs is importable fro
 
 from __future__ import annotations
 
+from taskwarden.abc import Bus, BusMessage, Store
+from taskwarden.bus import open_bus
+from taskwarden.clock import Clock, FakeClock, SystemClock
 from taskwarden.engine import (
     ChildProgressInfo,
     ChildResult,
@@ -41,6 +44,7 @@ from taskwarden.errors import (
     ChildProcessFailed,
     ConfigurationError,
     InvalidDefinition,
+    InvalidPayload,
     InvalidTransition,
     LaunchBlocked,
     MissingExtra,
@@ -48,11 +52,19 @@ from taskwarden.errors import (
     NotCancellable,
     OperationNotFound,
     ProcessNotFound,
+    RemoteHandlerError,
     RequestTimeout,
     SchemaError,
     ShutdownTimeout,
     StoreError,
     TaskwardenError,
+)
+from taskwarden.heartbeat import (
+    HeartbeatPublisher,
+    WorkerRegistry,
+    WorkerSpec,
+    WorkerState,
+    WorkerStatus,
 )
 from taskwarden.history import ExecutionHistory, ExecutionRegistry
 from taskwarden.model import (
@@ -63,12 +75,24 @@ from taskwarden.model import (
 )
 from taskwarden.processes import ProcessRecord, ProcessState
 from taskwarden.registry import OperationRegistry
+from taskwarden.remote import CommandResult, RemoteClient, RemoteControl
 from taskwarden.scope import Cancelable, CancelationToken, current_operation
+from taskwarden.stores import open_store
+from taskwarden.supervisor import (
+    CriticalTaskConfig,
+    Supervisor,
+    TaskHealth,
+    TaskMetrics,
+    TaskPriority,
+    instrumented_task,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Bus",
     "BusError",
+    "BusMessage",
     "Cancelable",
     "CancelationReason",
     "CancelationToken",
@@ -76,12 +100,18 @@ __all__ = [
     "ChildProcessFailed",
     "ChildProgressInfo",
     "ChildResult",
+    "Clock",
+    "CommandResult",
     "ConfigurationError",
+    "CriticalTaskConfig",
     "Engine",
     "EngineState",
     "ExecutionHistory",
     "ExecutionRegistry",
+    "FakeClock",
+    "HeartbeatPublisher",
     "InvalidDefinition",
+    "InvalidPayload",
     "InvalidTransition",
     "LaunchBlocked",
     "MissingExtra",
@@ -96,13 +126,26 @@ __all__ = [
     "ProcessNotFound",
     "ProcessRecord",
     "ProcessState",
+    "RemoteClient",
+    "RemoteControl",
+    "RemoteHandlerError",
     "RequestTimeout",
     "RunRecord",
     "SchemaError",
     "ShutdownTimeout",
+    "Store",
     "StoreError",
+    "Supervisor",
+    "SystemClock",
+    "TaskHealth",
     "TaskInstance",
+    "TaskMetrics",
+    "TaskPriority",
     "TaskwardenError",
+    "WorkerRegistry",
+    "WorkerSpec",
+    "WorkerState",
+    "WorkerStatus",
     "__version__",
     "adhoc_define",
     "adhoc_delete",
@@ -116,10 +159,13 @@ __all__ = [
     "get_engine",
     "get_process",
     "init",
+    "instrumented_task",
     "launch",
     "launch_and_wait",
     "list_processes",
     "mapped_progress",
+    "open_bus",
+    "open_store",
     "resync",
     "run",
     "sequential_progress",
