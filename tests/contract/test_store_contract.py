@@ -768,6 +768,45 @@ async def test_a_cancelled_caller_leaves_the_store_usable(store: Store) -> None:
     await asyncio.wait_for(store.create(rec("after")), 5)
 
 
+async def test_concurrent_transitions_on_many_records_keep_their_own_outcomes(
+    store: Store,
+) -> None:
+    """Many transitions in flight at once (which a backend may send as one statement)
+    each get their own fields, their own run and their own refusal."""
+    for i in range(30):
+        await put(store, S.RUNNING if i % 3 else S.DONE, process_id=f"c{i:02d}", run_number=1)
+
+    def fail(i: int) -> Any:
+        return store.transition(
+            f"c{i:02d}",
+            [S.RUNNING],
+            S.FAILED,
+            error=f"e{i}",
+            failed_at=T0 + timedelta(seconds=i),
+            run=run_record(name=f"c{i}", process_id=None, run_number=None),
+        )
+
+    calls = [fail(i) for i in range(30)]
+    calls.append(store.transition("ghost", [S.RUNNING], S.FAILED, error="x", run=run_record()))
+    calls.append(store.transition("c01", [S.RUNNING], S.CANCEL_REQUESTED))  # another shape
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[30], ProcessNotFound)
+    # c01 is raced by two calls of different shapes: exactly one of them wins.
+    assert isinstance(results[1], ProcessRecord) != isinstance(results[31], ProcessRecord)
+    for i in range(30):
+        outcome = results[i]
+        if i % 3 == 0:
+            assert isinstance(outcome, InvalidTransition) and outcome.current == "done"
+        elif i != 1:
+            assert isinstance(outcome, ProcessRecord), outcome
+            assert (outcome.process_id, outcome.error) == (f"c{i:02d}", f"e{i}")
+            assert outcome.failed_at == T0 + timedelta(seconds=i)
+    history = await store.query_history()
+    recorded = sorted((r.name, r.process_id, r.run_number) for r in history)
+    winners = [i for i in range(30) if i % 3 and (i != 1 or isinstance(results[1], ProcessRecord))]
+    assert recorded == sorted((f"c{i}", f"c{i:02d}", 1) for i in winners)
+
+
 # -- progress -----------------------------------------------------------------------------
 
 
@@ -984,6 +1023,23 @@ async def test_query_history_filters_newest_first(store: Store) -> None:
     since = await store.query_history(since=T0 + timedelta(minutes=30))
     assert [r.run_number for r in since] == [2]
     assert len(await store.query_history(limit=2)) == 2
+
+
+async def test_concurrent_record_runs_each_come_back_as_recorded(store: Store) -> None:
+    """Runs recorded at once (which a backend may insert in one statement) each come back
+    with their own values and a distinct index, and the history holds exactly them."""
+    runs = [
+        run_record(process_id=f"p{i}", run_number=i, name=f"n{i}", metadata={"i": i})
+        for i in range(25)
+    ]
+    recorded = await asyncio.gather(*(store.record_run(run) for run in runs))
+    for run, got in zip(runs, recorded, strict=True):
+        assert got == dataclasses.replace(run, index=got.index)
+    assert len({got.index for got in recorded}) == 25
+    history = await store.query_history()
+    assert sorted(history, key=lambda r: r.process_id or "") == sorted(
+        recorded, key=lambda r: r.process_id or ""
+    )
 
 
 async def test_history_keeps_every_field_and_survives_a_reopen(backend: Backend) -> None:

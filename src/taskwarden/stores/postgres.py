@@ -9,7 +9,9 @@ each migration once.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -90,6 +92,38 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CannotConnectNowError,
     ConnectionRefusedError,
 )
+
+
+_FIELD_TYPES = {
+    "error": "text",
+    "running_since": "timestamptz",
+    "done_at": "timestamptz",
+    "duration": "float8",
+    "failed_at": "timestamptz",
+    "stopped_at": "timestamptz",
+    "progress_percent": "float8",
+    "progress_message": "text",
+    "log": "text",
+    "run_number": "int4",
+    "lease_owner": "text",
+    "lease_expires_at": "timestamptz",
+}
+"""The SQL type of each runtime field, for the arrays of a batched transition."""
+
+_JSON_TEXT_FIELDS = frozenset({"log"})
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class _Call:
+    """One transition waiting to share a statement with others of its shape."""
+
+    process_id: str
+    expected: str
+    owner: str | None
+    target: ProcessState
+    now: datetime
+    values: list[Any]
+    run: tuple[Any, ...] | None
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -247,6 +281,9 @@ class PostgresStore(Store):
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self._transition_sql: dict[tuple[Any, ...], str] = {}
+        self._single_sql_cache: dict[tuple[Any, ...], str] = {}
+        self._pending: dict[tuple[Any, ...], list[tuple[Any, asyncio.Future[Any]]]] = {}
+        self._flushing: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"PostgresStore(prefix={self.prefix!r})"
@@ -307,7 +344,9 @@ class PostgresStore(Store):
         self._pool = pool
 
     async def close(self) -> None:
-        """See :meth:`Store.close`: waits for borrowed connections, then closes the pool."""
+        """See :meth:`Store.close`: finishes pending transitions, then closes the pool."""
+        if self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -506,71 +545,228 @@ class PostgresStore(Store):
         run: RunRecord | None = None,
         **fields: Any,
     ) -> ProcessRecord:
-        """See :meth:`Store.transition`."""
+        """See :meth:`Store.transition`.
+
+        Concurrent calls of the same shape (same field names, same lease and run options)
+        made in one turn of the event loop share one statement: one round trip for all of
+        them. Each keeps its own compare-and-set; of calls on one record, one wins.
+        """
+        if self._pool is None:
+            raise StoreError("the store is not open: call await store.open() or use async with")
         expected = check_edges(process_id, expected_states, to_state)
         check_runtime_fields(fields)
         target = ProcessState(to_state)
         increment, clear = transition_defaults(target, fields)
-        names = sorted(fields)
-        key = (tuple(names), increment, clear, expected_owner is not None, run is not None)
+        names = tuple(sorted(fields))
+        call = _Call(
+            process_id=process_id,
+            expected=",".join(sorted(state.value for state in expected)),
+            owner=expected_owner,
+            target=target,
+            now=self.clock.wall(),
+            values=[_encode(name, fields[name]) for name in names],
+            run=None if run is None else run_values(run, to_utc, process_id=process_id),
+        )
+        key = (names, increment, clear, expected_owner is not None, run is not None)
+        record: ProcessRecord = await self._combined(("transition", key), call)
+        return record
+
+    async def _combined(self, key: tuple[Any, ...], item: Any) -> Any:
+        """Queue ``item`` with the others of ``key`` made in this turn of the event loop;
+        one statement serves them all on the next turn (see ``_flush``)."""
+        loop = asyncio.get_running_loop()
+        full_key = (loop, *key)
+        future: asyncio.Future[Any] = loop.create_future()
+        batch = self._pending.get(full_key)
+        if batch is None:
+            batch = self._pending[full_key] = []
+            # Runs on the next loop turn, once every caller of this turn has joined. It
+            # never fails on its own: every outcome goes to the callers' futures.
+            flush = loop.create_task(self._flush(full_key, batch))
+            self._flushing.add(flush)
+            flush.add_done_callback(self._flushing.discard)
+        batch.append((item, future))
+        return await future
+
+    async def _flush(
+        self, full_key: tuple[Any, ...], batch: builtins.list[tuple[Any, asyncio.Future[Any]]]
+    ) -> None:
+        if self._pending.get(full_key) is batch:
+            del self._pending[full_key]
+        kind, key = full_key[1], full_key[2]
+        items = [item for item, _ in batch]
+        runner: Callable[..., Awaitable[Sequence[object]]] = (
+            self._transition_batch if kind == "transition" else self._record_run_batch
+        )
+        try:
+            outcomes = await self._run(lambda conn: runner(conn, key, items))
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(
+                        StoreError("the store was closed during the call")
+                        if isinstance(exc, asyncio.CancelledError)
+                        else exc
+                    )
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():  # the caller gave up; the write stands
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def _batch_sql(self, key: tuple[Any, ...]) -> str:
         sql = self._transition_sql.get(key)
-        if sql is None:
-            sets = ["state = $4", "updated_at = $5"]
-            sets.extend(f"{name} = ${i}" for i, name in enumerate(names, start=6))
-            if increment:
-                sets.append("run_number = run_number + 1")
-            if clear:
-                sets.append("lease_owner = NULL, lease_expires_at = NULL")
-            owner = (
-                " AND lease_owner = $3" if expected_owner is not None else " AND $3::text IS NULL"
+        if sql is not None:
+            return sql
+        names, increment, clear, with_owner, with_run = key
+        columns = ["ord", "pid", "expected", "owner", "target", "now"]
+        types = ["int4", "text", "text", "text", "text", "timestamptz"]
+        sets = ["state = v.target", "updated_at = v.now"]
+        for i, name in enumerate(names):
+            columns.append(f"f{i}")
+            types.append(_FIELD_TYPES[name])
+            cast = "::jsonb" if name in _JSON_TEXT_FIELDS else ""
+            sets.append(f"{name} = v.f{i}{cast}")
+        if increment:
+            sets.append("run_number = t.run_number + 1")
+        if clear:
+            sets.append("lease_owner = NULL, lease_expires_at = NULL")
+        inserted: builtins.list[str] = []
+        if with_run:
+            for i, kind in enumerate(_RUN_TYPES):
+                columns.append(f"r{i}")
+                types.append("text" if kind == "jsonb" else kind)
+                inserted.append(f"v.r{i}::jsonb" if kind == "jsonb" else f"v.r{i}")
+            inserted[-1] = f"COALESCE({inserted[-1]}, upd.run_number)"
+        arrays = ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(types, start=1))
+        owner = " AND t.lease_owner = v.owner" if with_owner else ""
+        sql = (
+            f"WITH v AS (SELECT * FROM unnest({arrays}) AS v({', '.join(columns)})), "
+            f"upd AS (UPDATE {self._t} AS t SET {', '.join(sets)} FROM v "
+            "WHERE t.process_id = v.pid AND t.state = ANY(string_to_array(v.expected, ','))"
+            f"{owner} RETURNING v.ord AS ord, {', '.join('t.' + c for c in PROCESS_COLUMNS)})"
+        )
+        if with_run:
+            sql += (
+                f", ins AS (INSERT INTO {self._runs} ({', '.join(RUN_COLUMNS[1:])}) "
+                f"SELECT {', '.join(inserted)} FROM upd JOIN v ON v.ord = upd.ord)"
             )
+        sql += " SELECT * FROM upd"
+        self._transition_sql[key] = sql
+        return sql
+
+    def _single_sql(self, key: tuple[Any, ...]) -> str:
+        sql = self._single_sql_cache.get(key)
+        if sql is not None:
+            return sql
+        names, increment, clear, with_owner, with_run = key
+        sets = ["state = $4", "updated_at = $5"]
+        sets.extend(f"{name} = ${i}" for i, name in enumerate(names, start=6))
+        if increment:
+            sets.append("run_number = run_number + 1")
+        if clear:
+            sets.append("lease_owner = NULL, lease_expires_at = NULL")
+        owner = " AND lease_owner = $3" if with_owner else " AND $3::text IS NULL"
+        sql = (
+            f"UPDATE {self._t} SET {', '.join(sets)} WHERE process_id = $1 "
+            f"AND state = ANY(string_to_array($2, ','))"
+            f"{owner} RETURNING 0, {_COLS}"
+        )
+        if with_run:
+            # A data-modifying CTE: the run is inserted only when the update matched.
+            first = 6 + len(names)
+            values = [f"${i}::{kind}" for i, kind in enumerate(_RUN_TYPES, start=first)]
+            values[-1] = f"COALESCE({values[-1]}, upd.run_number)"
             sql = (
-                f"UPDATE {self._t} SET {', '.join(sets)} WHERE process_id = $1 "
-                f"AND state = ANY($2::text[]){owner} RETURNING {_COLS}"
+                f"WITH upd AS ({sql}), ins AS (INSERT INTO {self._runs} "
+                f"({', '.join(RUN_COLUMNS[1:])}) SELECT {', '.join(values)} FROM upd) "
+                "SELECT * FROM upd"
             )
-            if run is not None:
-                # A data-modifying CTE: the run is inserted only when the update matched.
-                first = 6 + len(names)
-                values = [f"${i}::{kind}" for i, kind in enumerate(_RUN_TYPES, start=first)]
-                values[-1] = f"COALESCE({values[-1]}, upd.run_number)"
-                sql = (
-                    f"WITH upd AS ({sql}), ins AS (INSERT INTO {self._runs} "
-                    f"({', '.join(RUN_COLUMNS[1:])}) SELECT {', '.join(values)} FROM upd) "
-                    f"SELECT {_COLS} FROM upd"
-                )
-            self._transition_sql[key] = sql
-        args = [
-            process_id,
-            [state.value for state in expected],
-            expected_owner,
-            target.value,
-            self.clock.wall(),
-            *(_encode(name, fields[name]) for name in names),
-        ]
-        if run is not None:
-            args.extend(run_values(run, to_utc, process_id=process_id))
+        self._single_sql_cache[key] = sql
+        return sql
 
-        async def op(conn: asyncpg.Connection) -> ProcessRecord:
-            row = await conn.fetchrow(sql, *args)
+    async def _transition_batch(
+        self, conn: asyncpg.Connection, key: tuple[Any, ...], calls: builtins.list[_Call]
+    ) -> builtins.list[ProcessRecord | BaseException]:
+        """One statement for many compare-and-sets; an outcome per call, in order."""
+        names = key[0]
+        if len(calls) == 1:
+            # Alone, a plain UPDATE by primary key is cheaper than the unnest join.
+            call = calls[0]
+            row = await conn.fetchrow(
+                self._single_sql(key),
+                call.process_id,
+                call.expected,
+                call.owner,
+                call.target.value,
+                call.now,
+                *call.values,
+                *(call.run or ()),
+            )
             if row is not None:
-                return _record(row)
-            found = await conn.fetchrow(
-                f"SELECT state, lease_owner FROM {self._t} WHERE process_id = $1", process_id
+                return [_record(tuple(row)[1:])]
+            return await self._refusals(conn, calls, {})
+        columns: builtins.list[builtins.list[Any]] = [
+            list(range(len(calls))),
+            [c.process_id for c in calls],
+            [c.expected for c in calls],
+            [c.owner for c in calls],
+            [c.target.value for c in calls],
+            [c.now for c in calls],
+        ]
+        columns.extend([c.values[i] for c in calls] for i in range(len(names)))
+        if key[4]:
+            columns.extend(
+                [c.run[i] for c in calls if c.run is not None] for i in range(len(_RUN_TYPES))
             )
-            if found is None:
-                raise ProcessNotFound(process_id)
-            state, lease_owner = found
-            if expected_owner is not None and lease_owner != expected_owner:
-                raise InvalidTransition(
-                    process_id,
-                    state,
-                    target,
-                    f"process {process_id!r} is leased by {lease_owner!r}, not "
-                    f"{expected_owner!r}: its lease was lost",
-                )
-            raise InvalidTransition(process_id, state, target)
+        rows = await conn.fetch(self._batch_sql(key), *columns)
+        won = {row[0]: _record(tuple(row)[1:]) for row in rows}
+        if len(won) == len(calls):
+            return [won[i] for i in range(len(calls))]
+        return await self._refusals(conn, calls, won)
 
-        return await self._run(op)
+    async def _refusals(
+        self,
+        conn: asyncpg.Connection,
+        calls: builtins.list[_Call],
+        won: dict[int, ProcessRecord],
+    ) -> builtins.list[ProcessRecord | BaseException]:
+        """Outcomes in call order: the records won, and why each other call lost."""
+        lost = [c.process_id for i, c in enumerate(calls) if i not in won]
+        found = {
+            row[0]: (row[1], row[2])
+            for row in await conn.fetch(
+                f"SELECT process_id, state, lease_owner FROM {self._t} "
+                "WHERE process_id = ANY($1::text[])",
+                lost,
+            )
+        }
+        outcomes: builtins.list[ProcessRecord | BaseException] = []
+        for i, call in enumerate(calls):
+            if i in won:
+                outcomes.append(won[i])
+            elif call.process_id not in found:
+                outcomes.append(ProcessNotFound(call.process_id))
+            else:
+                state, lease_owner = found[call.process_id]
+                if call.owner is not None and lease_owner != call.owner:
+                    outcomes.append(
+                        InvalidTransition(
+                            call.process_id,
+                            state,
+                            call.target,
+                            f"process {call.process_id!r} is leased by {lease_owner!r}, "
+                            f"not {call.owner!r}: its lease was lost",
+                        )
+                    )
+                else:
+                    outcomes.append(InvalidTransition(call.process_id, state, call.target))
+        return outcomes
 
     async def update_progress(
         self,
@@ -706,18 +902,40 @@ class PostgresStore(Store):
     # -- history ----------------------------------------------------------------------
 
     async def record_run(self, run: RunRecord) -> RunRecord:
-        """See :meth:`Store.record_run`."""
-        values = run_values(run, to_utc)
-        placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
-        sql = (
-            f"INSERT INTO {self._runs} ({', '.join(RUN_COLUMNS[1:])}) VALUES ({placeholders}) "
-            f"RETURNING {', '.join(RUN_COLUMNS)}"
+        """See :meth:`Store.record_run`. Concurrent calls share one statement."""
+        if self._pool is None:
+            raise StoreError("the store is not open: call await store.open() or use async with")
+        recorded: RunRecord = await self._combined(("record_run", ()), run_values(run, to_utc))
+        return recorded
+
+    async def _record_run_batch(
+        self,
+        conn: asyncpg.Connection,
+        key: tuple[Any, ...],
+        rows: builtins.list[tuple[Any, ...]],
+    ) -> builtins.list[RunRecord | BaseException]:
+        columns = RUN_COLUMNS[1:]
+        if len(rows) == 1:
+            placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+            sql = (
+                f"INSERT INTO {self._runs} ({', '.join(columns)}) VALUES ({placeholders}) "
+                f"RETURNING {', '.join(RUN_COLUMNS)}"
+            )
+            return [_run_from_row(await conn.fetchrow(sql, *rows[0]))]
+        types = ["text" if kind == "jsonb" else kind for kind in _RUN_TYPES]
+        arrays = ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(types, start=1))
+        selected = ", ".join(
+            f"u.{c}::jsonb" if kind == "jsonb" else f"u.{c}"
+            for c, kind in zip(columns, _RUN_TYPES, strict=True)
         )
-
-        async def op(conn: asyncpg.Connection) -> RunRecord:
-            return _run_from_row(await conn.fetchrow(sql, *values))
-
-        return await self._run(op)
+        # Rows are inserted, and numbered by the idx sequence, in the order unnest yields
+        # them: sorting what comes back by idx puts it back in call order.
+        sql = (
+            f"INSERT INTO {self._runs} ({', '.join(columns)}) SELECT {selected} FROM "
+            f"unnest({arrays}) AS u({', '.join(columns)}) RETURNING {', '.join(RUN_COLUMNS)}"
+        )
+        fetched = await conn.fetch(sql, *([row[i] for row in rows] for i in range(len(columns))))
+        return [_run_from_row(row) for row in sorted(fetched, key=lambda r: r[0])]
 
     async def query_history(
         self,
