@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import dataclasses
-import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -30,14 +28,11 @@ from taskwarden.errors import (
     StoreError,
     TaskwardenError,
 )
-from taskwarden.model import CancelationReason, OperationStatus, RunRecord
-from taskwarden.processes import ACTIVE_STATES, LogEntry, ProcessRecord, ProcessState
+from taskwarden.model import OperationStatus, RunRecord
+from taskwarden.processes import LogEntry, ProcessRecord, ProcessState
 from taskwarden.stores.base import (
-    BOOL_FIELDS,
-    JSON_FIELDS,
     PROCESS_COLUMNS,
     RUN_COLUMNS,
-    TIME_FIELDS,
     check_definition_fields,
     check_edges,
     check_limit,
@@ -54,202 +49,27 @@ from taskwarden.stores.base import (
     to_utc,
     transition_defaults,
 )
+from taskwarden.stores.postgres_support import (
+    ACTIVE,
+    COLS,
+    FIELD_TYPES,
+    JSON_TEXT_FIELDS,
+    RUN_TYPES,
+    Call,
+    encode_field,
+    init_connection,
+    is_transient,
+    keep_session,
+    record_from_row,
+    row_count,
+    run_from_row,
+)
 
 __all__ = ["PostgresStore"]
 
 logger = logging.getLogger("taskwarden.stores.postgres")
 
 T = TypeVar("T")
-
-_COLS = ", ".join(PROCESS_COLUMNS)
-# The SQL types of RUN_COLUMNS[1:], for parameters that have no column to infer them from.
-_RUN_TYPES = (
-    "text",
-    "text",
-    "text",
-    "text",
-    "timestamptz",
-    "timestamptz",
-    "float8",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "jsonb",
-    "text",
-    "integer",
-)
-_ACTIVE = sorted(state.value for state in ACTIVE_STATES)
-_json_loads = json.loads
-
-# Errors after which the statement certainly did not commit, so running it again is safe.
-_TRANSIENT: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions.SerializationError,
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.CannotConnectNowError,
-    ConnectionRefusedError,
-)
-
-
-_FIELD_TYPES = {
-    "error": "text",
-    "running_since": "timestamptz",
-    "done_at": "timestamptz",
-    "duration": "float8",
-    "failed_at": "timestamptz",
-    "stopped_at": "timestamptz",
-    "progress_percent": "float8",
-    "progress_message": "text",
-    "log": "text",
-    "run_number": "int4",
-    "lease_owner": "text",
-    "lease_expires_at": "timestamptz",
-}
-"""The SQL type of each runtime field, for the arrays of a batched transition."""
-
-_JSON_TEXT_FIELDS = frozenset({"log"})
-
-
-@dataclasses.dataclass(slots=True, kw_only=True)
-class _Call:
-    """One transition waiting to share a statement with others of its shape."""
-
-    process_id: str
-    expected: str
-    owner: str | None
-    target: ProcessState
-    now: datetime
-    values: list[Any]
-    run: tuple[Any, ...] | None
-
-
-def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, _TRANSIENT)
-
-
-def _loads(text: str) -> Any:
-    if text == "{}":
-        return {}
-    if text == "[]":
-        return []
-    return _json_loads(text)
-
-
-def _log(items: list[dict[str, Any]]) -> tuple[LogEntry, ...]:
-    if not items:
-        return ()
-    return tuple(
-        LogEntry(
-            timestamp=datetime.fromisoformat(item["timestamp"]),
-            level=item["level"],
-            message=item["message"],
-            data=item.get("data"),
-        )
-        for item in items
-    )
-
-
-def _record(row: Sequence[Any]) -> ProcessRecord:
-    """A row in PROCESS_COLUMNS order as a record."""
-    return ProcessRecord(
-        process_id=row[0],
-        name=row[1],
-        description=row[2],
-        params=row[3],
-        metadata=row[4],
-        parent_id=row[5],
-        root_id=row[6],
-        depth=row[7],
-        order=row[8],
-        cancellable=row[9],
-        adhoc=row[10],
-        ephemeral=row[11],
-        special=row[12],
-        warning=row[13],
-        schedule=row[14],
-        state=ProcessState(row[15]),
-        error=row[16],
-        running_since=row[17],
-        done_at=row[18],
-        duration=row[19],
-        failed_at=row[20],
-        stopped_at=row[21],
-        progress_percent=row[22],
-        progress_message=row[23],
-        log=_log(row[24]),
-        created_at=row[25],
-        run_number=row[26],
-        lease_owner=row[27],
-        lease_expires_at=row[28],
-        last_cron_tick=row[29],
-        updated_at=row[30],
-        resumable=row[31],
-    )
-
-
-def _encode(field: str, value: Any) -> Any:
-    """One field's value as asyncpg sends it (JSON as text, times as aware UTC)."""
-    if value is None:
-        return None
-    if field in TIME_FIELDS:
-        return to_utc(value)
-    if field in JSON_FIELDS:
-        return json_dumps(value, field)
-    if field == "log":
-        return json_dumps(log_to_json(value), "log data")
-    if field in BOOL_FIELDS:
-        return bool(value)
-    if field == "state":
-        return ProcessState(value).value
-    return value
-
-
-def _run_from_row(row: Sequence[Any]) -> RunRecord:
-    return RunRecord(
-        index=row[0],
-        operation_id=row[1],
-        name=row[2],
-        kind=row[3],
-        status=OperationStatus(row[4]),
-        started_at=row[5],
-        ended_at=row[6],
-        duration=row[7],
-        result=row[8],
-        error=row[9],
-        traceback=row[10],
-        cancel_reason=None if row[11] is None else CancelationReason(row[11]),
-        cancel_message=row[12],
-        parent_id=row[13],
-        metadata=row[14],
-        process_id=row[15],
-        run_number=row[16],
-    )
-
-
-def _count(status: str) -> int:
-    """The row count of a command status such as ``UPDATE 3``."""
-    return int(status.rsplit(" ", 1)[-1])
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # JSON travels as text we encoded ourselves (json_dumps refuses non-JSON values the
-    # same way on every backend); decoding gives plain dicts and lists.
-    for type_name in ("jsonb", "json"):
-        await conn.set_type_codec(
-            type_name, encoder=str, decoder=_loads, schema="pg_catalog", format="text"
-        )
-
-
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Pool reset hook: nothing to undo.
-
-    The default reset sends ``RESET ALL; UNLISTEN *; ...`` on every release, one extra
-    round trip per verb; this store never changes session state (no SET, LISTEN, session
-    advisory locks or cursors), and asyncpg still rolls back an open transaction itself.
-    """
 
 
 class PostgresStore(Store):
@@ -302,7 +122,7 @@ class PostgresStore(Store):
                 return await op(conn)
 
         try:
-            return await retry_transient(attempt, is_transient=_is_transient)
+            return await retry_transient(attempt, is_transient=is_transient)
         except TaskwardenError:
             raise
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
@@ -310,7 +130,7 @@ class PostgresStore(Store):
 
     async def _fetch_records(self, sql: str, *args: Any) -> builtins.list[ProcessRecord]:
         async def op(conn: asyncpg.Connection) -> builtins.list[ProcessRecord]:
-            return [_record(row) for row in await conn.fetch(sql, *args)]
+            return [record_from_row(row) for row in await conn.fetch(sql, *args)]
 
         return await self._run(op)
 
@@ -326,11 +146,11 @@ class PostgresStore(Store):
                     self.dsn,
                     min_size=self._min_size,
                     max_size=self._max_size,
-                    init=_init_connection,
-                    reset=_keep_session,
+                    init=init_connection,
+                    reset=keep_session,
                     statement_cache_size=512,
                 ),
-                is_transient=_is_transient,
+                is_transient=is_transient,
             )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
@@ -386,10 +206,10 @@ class PostgresStore(Store):
     async def create(self, record: ProcessRecord) -> ProcessRecord:
         """See :meth:`Store.create`."""
         fields = ["order" if c == "sort_order" else c for c in PROCESS_COLUMNS]
-        values = [_encode(field, getattr(record, field)) for field in fields]
+        values = [encode_field(field, getattr(record, field)) for field in fields]
         values[PROCESS_COLUMNS.index("updated_at")] = self.clock.wall()
         placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
-        sql = f"INSERT INTO {self._t} ({_COLS}) VALUES ({placeholders}) RETURNING {_COLS}"
+        sql = f"INSERT INTO {self._t} ({COLS}) VALUES ({placeholders}) RETURNING {COLS}"
 
         async def op(conn: asyncpg.Connection) -> ProcessRecord:
             try:
@@ -403,7 +223,7 @@ class PostgresStore(Store):
                 raise InvalidDefinition(
                     f"process {record.process_id!r} cannot be stored: {exc}"
                 ) from exc
-            return _record(row)
+            return record_from_row(row)
 
         return await self._run(op)
 
@@ -416,14 +236,14 @@ class PostgresStore(Store):
             f"{'sort_order' if name == 'order' else name} = ${i}"
             for i, name in enumerate(names, start=2)
         )
-        sql = f"UPDATE {self._t} SET {sets} WHERE process_id = $1 RETURNING {_COLS}"
-        args = [process_id, *(_encode(name, fields[name]) for name in names)]
+        sql = f"UPDATE {self._t} SET {sets} WHERE process_id = $1 RETURNING {COLS}"
+        args = [process_id, *(encode_field(name, fields[name]) for name in names)]
 
         async def op(conn: asyncpg.Connection) -> ProcessRecord:
             row = await conn.fetchrow(sql, *args)
             if row is None:
                 raise ProcessNotFound(process_id)
-            return _record(row)
+            return record_from_row(row)
 
         return await self._run(op)
 
@@ -432,7 +252,7 @@ class PostgresStore(Store):
     async def get(self, process_id: str) -> ProcessRecord | None:
         """See :meth:`Store.get`."""
         found = await self._fetch_records(
-            f"SELECT {_COLS} FROM {self._t} WHERE process_id = $1", process_id
+            f"SELECT {COLS} FROM {self._t} WHERE process_id = $1", process_id
         )
         return found[0] if found else None
 
@@ -473,7 +293,7 @@ class PostgresStore(Store):
             where.append(
                 f"(depth, sort_order, process_id) > ({arg(depth)}, {arg(order)}, {arg(last_id)})"
             )
-        sql = f"SELECT {_COLS} FROM {self._t}"
+        sql = f"SELECT {COLS} FROM {self._t}"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY depth, sort_order, process_id"
@@ -484,7 +304,7 @@ class PostgresStore(Store):
     async def children(self, process_id: str) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.children`."""
         return await self._fetch_records(
-            f"SELECT {_COLS} FROM {self._t} WHERE parent_id = $1 ORDER BY sort_order, process_id",
+            f"SELECT {COLS} FROM {self._t} WHERE parent_id = $1 ORDER BY sort_order, process_id",
             process_id,
         )
 
@@ -516,7 +336,7 @@ class PostgresStore(Store):
 
         async def op(conn: asyncpg.Connection) -> bool:
             async with conn.transaction():
-                if _count(await conn.execute(sql, *args)) != 1:
+                if row_count(await conn.execute(sql, *args)) != 1:
                     return False
                 if descendants:
                     await conn.execute(self._subtree_sql(), process_id)
@@ -528,7 +348,7 @@ class PostgresStore(Store):
         """See :meth:`Store.delete_descendants`."""
 
         async def op(conn: asyncpg.Connection) -> int:
-            return _count(await conn.execute(self._subtree_sql(), process_id))
+            return row_count(await conn.execute(self._subtree_sql(), process_id))
 
         return await self._run(op)
 
@@ -558,13 +378,13 @@ class PostgresStore(Store):
         target = ProcessState(to_state)
         increment, clear = transition_defaults(target, fields)
         names = tuple(sorted(fields))
-        call = _Call(
+        call = Call(
             process_id=process_id,
             expected=",".join(sorted(state.value for state in expected)),
             owner=expected_owner,
             target=target,
             now=self.clock.wall(),
-            values=[_encode(name, fields[name]) for name in names],
+            values=[encode_field(name, fields[name]) for name in names],
             run=None if run is None else run_values(run, to_utc, process_id=process_id),
         )
         key = (names, increment, clear, expected_owner is not None, run is not None)
@@ -629,8 +449,8 @@ class PostgresStore(Store):
         sets = ["state = v.target", "updated_at = v.now"]
         for i, name in enumerate(names):
             columns.append(f"f{i}")
-            types.append(_FIELD_TYPES[name])
-            cast = "::jsonb" if name in _JSON_TEXT_FIELDS else ""
+            types.append(FIELD_TYPES[name])
+            cast = "::jsonb" if name in JSON_TEXT_FIELDS else ""
             sets.append(f"{name} = v.f{i}{cast}")
         if increment:
             sets.append("run_number = t.run_number + 1")
@@ -638,7 +458,7 @@ class PostgresStore(Store):
             sets.append("lease_owner = NULL, lease_expires_at = NULL")
         inserted: builtins.list[str] = []
         if with_run:
-            for i, kind in enumerate(_RUN_TYPES):
+            for i, kind in enumerate(RUN_TYPES):
                 columns.append(f"r{i}")
                 types.append("text" if kind == "jsonb" else kind)
                 inserted.append(f"v.r{i}::jsonb" if kind == "jsonb" else f"v.r{i}")
@@ -675,12 +495,12 @@ class PostgresStore(Store):
         sql = (
             f"UPDATE {self._t} SET {', '.join(sets)} WHERE process_id = $1 "
             f"AND state = ANY(string_to_array($2, ','))"
-            f"{owner} RETURNING 0, {_COLS}"
+            f"{owner} RETURNING 0, {COLS}"
         )
         if with_run:
             # A data-modifying CTE: the run is inserted only when the update matched.
             first = 6 + len(names)
-            values = [f"${i}::{kind}" for i, kind in enumerate(_RUN_TYPES, start=first)]
+            values = [f"${i}::{kind}" for i, kind in enumerate(RUN_TYPES, start=first)]
             values[-1] = f"COALESCE({values[-1]}, upd.run_number)"
             sql = (
                 f"WITH upd AS ({sql}), ins AS (INSERT INTO {self._runs} "
@@ -691,7 +511,7 @@ class PostgresStore(Store):
         return sql
 
     async def _transition_batch(
-        self, conn: asyncpg.Connection, key: tuple[Any, ...], calls: builtins.list[_Call]
+        self, conn: asyncpg.Connection, key: tuple[Any, ...], calls: builtins.list[Call]
     ) -> builtins.list[ProcessRecord | BaseException]:
         """One statement for many compare-and-sets; an outcome per call, in order."""
         names = key[0]
@@ -709,7 +529,7 @@ class PostgresStore(Store):
                 *(call.run or ()),
             )
             if row is not None:
-                return [_record(tuple(row)[1:])]
+                return [record_from_row(tuple(row)[1:])]
             return await self._refusals(conn, calls, {})
         columns: builtins.list[builtins.list[Any]] = [
             list(range(len(calls))),
@@ -722,10 +542,10 @@ class PostgresStore(Store):
         columns.extend([c.values[i] for c in calls] for i in range(len(names)))
         if key[4]:
             columns.extend(
-                [c.run[i] for c in calls if c.run is not None] for i in range(len(_RUN_TYPES))
+                [c.run[i] for c in calls if c.run is not None] for i in range(len(RUN_TYPES))
             )
         rows = await conn.fetch(self._batch_sql(key), *columns)
-        won = {row[0]: _record(tuple(row)[1:]) for row in rows}
+        won = {row[0]: record_from_row(tuple(row)[1:]) for row in rows}
         if len(won) == len(calls):
             return [won[i] for i in range(len(calls))]
         return await self._refusals(conn, calls, won)
@@ -733,7 +553,7 @@ class PostgresStore(Store):
     async def _refusals(
         self,
         conn: asyncpg.Connection,
-        calls: builtins.list[_Call],
+        calls: builtins.list[Call],
         won: dict[int, ProcessRecord],
     ) -> builtins.list[ProcessRecord | BaseException]:
         """Outcomes in call order: the records won, and why each other call lost."""
@@ -800,7 +620,7 @@ class PostgresStore(Store):
             args = (process_id, percent, message, now)
 
         async def op(conn: asyncpg.Connection) -> None:
-            if _count(await conn.execute(sql, *args)) != 1:
+            if row_count(await conn.execute(sql, *args)) != 1:
                 raise ProcessNotFound(process_id)
 
         await self._run(op)
@@ -826,7 +646,7 @@ class PostgresStore(Store):
 
         async def op(conn: asyncpg.Connection) -> builtins.list[ProcessRecord]:
             rows = sorted(await conn.fetch(sql, *args), key=lambda r: (r[0], r[1]))
-            return [_record(tuple(row)[1:]) for row in rows]
+            return [record_from_row(tuple(row)[1:]) for row in rows]
 
         return await self._run(op)
 
@@ -843,7 +663,7 @@ class PostgresStore(Store):
             "WHERE lease_owner = $1 AND process_id = ANY($2::text[]) "
             "AND state = ANY($5::text[]) RETURNING process_id"
         )
-        args = (worker, ids, now + timedelta(seconds=lease_seconds), now, _ACTIVE)
+        args = (worker, ids, now + timedelta(seconds=lease_seconds), now, ACTIVE)
 
         async def op(conn: asyncpg.Connection) -> builtins.list[str]:
             return [row[0] for row in await conn.fetch(sql, *args)]
@@ -878,7 +698,7 @@ class PostgresStore(Store):
             "updated_at = $2 FROM expired WHERE t.process_id = expired.process_id "
             f"RETURNING {', '.join('t.' + c for c in PROCESS_COLUMNS)}"
         )
-        found = await self._fetch_records(sql, cutoff, wall, _ACTIVE)
+        found = await self._fetch_records(sql, cutoff, wall, ACTIVE)
         found.sort(key=lambda r: r.process_id)
         return found
 
@@ -891,7 +711,7 @@ class PostgresStore(Store):
         args = (process_id, to_utc(tick), self.clock.wall())
 
         async def op(conn: asyncpg.Connection) -> bool:
-            if _count(await conn.execute(sql, *args)) == 1:
+            if row_count(await conn.execute(sql, *args)) == 1:
                 return True
             if await conn.fetchval(f"SELECT 1 FROM {self._t} WHERE process_id = $1", process_id):
                 return False
@@ -921,12 +741,12 @@ class PostgresStore(Store):
                 f"INSERT INTO {self._runs} ({', '.join(columns)}) VALUES ({placeholders}) "
                 f"RETURNING {', '.join(RUN_COLUMNS)}"
             )
-            return [_run_from_row(await conn.fetchrow(sql, *rows[0]))]
-        types = ["text" if kind == "jsonb" else kind for kind in _RUN_TYPES]
+            return [run_from_row(await conn.fetchrow(sql, *rows[0]))]
+        types = ["text" if kind == "jsonb" else kind for kind in RUN_TYPES]
         arrays = ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(types, start=1))
         selected = ", ".join(
             f"u.{c}::jsonb" if kind == "jsonb" else f"u.{c}"
-            for c, kind in zip(columns, _RUN_TYPES, strict=True)
+            for c, kind in zip(columns, RUN_TYPES, strict=True)
         )
         # Rows are inserted, and numbered by the idx sequence, in the order unnest yields
         # them: sorting what comes back by idx puts it back in call order.
@@ -935,7 +755,7 @@ class PostgresStore(Store):
             f"unnest({arrays}) AS u({', '.join(columns)}) RETURNING {', '.join(RUN_COLUMNS)}"
         )
         fetched = await conn.fetch(sql, *([row[i] for row in rows] for i in range(len(columns))))
-        return [_run_from_row(row) for row in sorted(fetched, key=lambda r: r[0])]
+        return [run_from_row(row) for row in sorted(fetched, key=lambda r: r[0])]
 
     async def query_history(
         self,
@@ -968,6 +788,6 @@ class PostgresStore(Store):
             sql += f" LIMIT ${len(args)}"
 
         async def op(conn: asyncpg.Connection) -> builtins.list[RunRecord]:
-            return [_run_from_row(row) for row in await conn.fetch(sql, *args)]
+            return [run_from_row(row) for row in await conn.fetch(sql, *args)]
 
         return await self._run(op)
