@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
@@ -173,7 +174,9 @@ class Engine(RunMixin):
         self._schedules: dict[str, CronSchedule] = {}
         self._runs: dict[str, _Run] = {}
         self._aux: set[asyncio.Task[Any]] = set()
-        self._semaphore = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        self._max_concurrency = max_concurrency or None
+        self._active_roots = 0
+        self._pending: deque[_Run] = deque()
         self._blocked = False
         self._cron = CronScheduler(self.clock, lambda: self._schedules, self._fire_cron)
         self._cron_task: asyncio.Task[None] | None = None
@@ -589,9 +592,9 @@ class Engine(RunMixin):
             if run is not None:
                 run.cancel_requested = True
                 run.final_state = S.CANCELLED
-                if run.waiting_for_slot and run.task is not None:
-                    run.task.cancel()
             await self._after_terminal(cancelled, run)
+            if run is not None:
+                self._drop_waiting(run)
             return
         requested = await self.store.transition(process_id, {S.RUNNING}, S.CANCEL_REQUESTED)
         self._notify(requested)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import functools
 import inspect
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -82,6 +84,7 @@ class _Run:
     finished: bool = False
     abandoned: bool = False
     waiting_for_slot: bool = False
+    holds_slot: bool = False
     cancel_requested: bool = False
     cancel_message: str = ""
     ephemeral: bool = False
@@ -112,7 +115,9 @@ class RunMixin:
     _schedules: dict[str, CronSchedule]
     _runs: dict[str, _Run]
     _aux: set[asyncio.Task[Any]]
-    _semaphore: asyncio.Semaphore | None
+    _max_concurrency: int | None
+    _active_roots: int
+    _pending: deque[_Run]
 
     def _start_run(
         self,
@@ -130,14 +135,25 @@ class RunMixin:
             ephemeral=record.ephemeral,
         )
         self._runs[record.process_id] = run
-        loop = asyncio.get_running_loop()
-        # A root run must not become a child of whatever scope the caller of launch() is in.
-        context = contextvars.copy_context() if parent is not None else contextvars.Context()
-        run.task = loop.create_task(
-            self._execute(run), name=f"taskwarden-process:{record.process_id}", context=context
-        )
-        run.task.add_done_callback(lambda task: self._run_task_done(run, task))
+        if parent is None and self._max_concurrency is not None:
+            if self._active_roots >= self._max_concurrency:
+                # No task until a slot frees: a backlog costs a queue entry, not a task.
+                run.waiting_for_slot = True
+                self._pending.append(run)
+                return run
+            self._active_roots += 1
+            run.holds_slot = True
+        self._create_task(run)
         return run
+
+    def _create_task(self, run: _Run) -> None:
+        # A root run must not become a child of whatever scope the caller of launch() is in.
+        context = contextvars.copy_context() if run.parent is not None else contextvars.Context()
+        task = asyncio.get_running_loop().create_task(
+            self._execute(run), name=f"taskwarden-process:{run.process_id}", context=context
+        )
+        run.task = task
+        task.add_done_callback(functools.partial(self._run_task_done, run))
 
     def _run_task_done(self, run: _Run, task: asyncio.Task[None]) -> None:
         # Also covers a task cancelled before its coroutine ever started.
@@ -146,20 +162,42 @@ class RunMixin:
         if self._runs.get(run.process_id) is run:
             del self._runs[run.process_id]
         run.done.set()
+        # The scope's on_cancel callback refers back to the run: without this cycle the
+        # run's objects are freed now, not by a later full garbage collection.
+        run.scope = None
+        if run.holds_slot:
+            run.holds_slot = False
+            self._active_roots -= 1
+            self._start_pending()
+
+    def _start_pending(self) -> None:
+        """Give free slots to the runs waiting for one, oldest first (O(1) each)."""
+        pending = self._pending
+        limit = self._max_concurrency
+        assert limit is not None
+        while pending and self._active_roots < limit:
+            run = pending.popleft()
+            if not run.waiting_for_slot:
+                continue  # it ended while it waited (cancelled)
+            run.waiting_for_slot = False
+            self._active_roots += 1
+            run.holds_slot = True
+            self._create_task(run)
+
+    def _drop_waiting(self, run: _Run) -> None:
+        """End a run that never got a slot (it was cancelled while it waited)."""
+        if not run.waiting_for_slot:
+            return
+        run.waiting_for_slot = False  # _start_pending skips it when it comes up
+        run.finished = True
+        if self._runs.get(run.process_id) is run:
+            del self._runs[run.process_id]
+        run.done.set()
 
     # ------------------------------------------------------------------ running
     async def _execute(self, run: _Run) -> None:
-        semaphore = self._semaphore if run.parent is None else None
         try:
-            if semaphore is not None:
-                run.waiting_for_slot = True
-                await semaphore.acquire()
-                run.waiting_for_slot = False
-            try:
-                await self._execute_run(run)
-            finally:
-                if semaphore is not None:
-                    semaphore.release()
+            await self._execute_run(run)
         finally:
             run.finished = True
             if run.final_state is None and not run.abandoned:
@@ -435,6 +473,7 @@ class RunMixin:
         if run.abandoned or run.done.is_set():
             return
         run.abandoned = True
+        run.waiting_for_slot = False  # never start it later
         process_id = run.process_id
         if run.scope is not None:
             run.scope.context.metadata["abandoned"] = True
