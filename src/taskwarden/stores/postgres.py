@@ -635,9 +635,17 @@ class PostgresStore(Store):
             return []
         now = self.clock.wall()
         sql = (
-            f"WITH picked AS (SELECT process_id, updated_at AS queued_at FROM {self._t} "
-            "WHERE state = 'scheduled' AND (lease_owner IS NULL OR lease_expires_at <= $3) "
-            "ORDER BY updated_at, process_id LIMIT $4 FOR UPDATE SKIP LOCKED) "
+            # Unleased and expired-lease candidates come through their own indexes, so
+            # rows other workers hold are never scanned.
+            f"WITH free AS (SELECT process_id, updated_at FROM {self._t} "
+            "WHERE state = 'scheduled' AND lease_owner IS NULL "
+            "ORDER BY updated_at, process_id LIMIT $4 FOR UPDATE SKIP LOCKED), "
+            f"expired AS (SELECT process_id, updated_at FROM {self._t} "
+            "WHERE lease_owner IS NOT NULL AND lease_expires_at <= $3 AND state = 'scheduled' "
+            "ORDER BY updated_at, process_id LIMIT $4 FOR UPDATE SKIP LOCKED), "
+            "picked AS (SELECT process_id, updated_at AS queued_at FROM "
+            "(SELECT * FROM free UNION ALL SELECT * FROM expired) AS c "
+            "ORDER BY updated_at, process_id LIMIT $4) "
             f"UPDATE {self._t} AS t SET lease_owner = $1, lease_expires_at = $2, updated_at = $3 "
             "FROM picked WHERE t.process_id = picked.process_id "
             f"RETURNING picked.queued_at, {', '.join('t.' + c for c in PROCESS_COLUMNS)}"

@@ -111,6 +111,20 @@ class SQLiteStore(Store):
         self._max_batch = max(1, max_batch)
         self._db: DatabaseThread | None = None
         self._transition_sql: dict[tuple[Any, ...], str] = {}
+        # Unleased and expired-lease candidates are found separately, each through its own
+        # index, so rows other workers hold are never scanned (a claim stays cheap however
+        # many scheduled processes are leased).
+        self._claim_sql = (
+            "SELECT process_id FROM ("
+            f"SELECT * FROM (SELECT process_id, updated_at FROM {self._t} "
+            f"INDEXED BY {self._t}_claim WHERE state = 'scheduled' AND lease_owner IS NULL "
+            "ORDER BY updated_at, process_id LIMIT ?) "
+            f"UNION ALL SELECT * FROM (SELECT process_id, updated_at FROM {self._t} "
+            f"INDEXED BY {self._t}_lease WHERE lease_owner IS NOT NULL "
+            "AND lease_expires_at <= ? AND state = 'scheduled' "
+            "ORDER BY updated_at, process_id LIMIT ?)"
+            ") ORDER BY updated_at, process_id LIMIT ?"
+        )
         self._insert_run_sql = (
             f"INSERT INTO {self._runs} ({', '.join(RUN_COLUMNS[1:])}) "
             f"VALUES ({placeholders(len(RUN_COLUMNS) - 1)})"
@@ -544,15 +558,7 @@ class SQLiteStore(Store):
     def _claim(
         self, conn: sqlite3.Connection, worker: str, expires: str, now: str, limit: int
     ) -> builtins.list[ProcessRecord]:
-        ids = [
-            row[0]
-            for row in conn.execute(
-                f"SELECT process_id FROM {self._t} WHERE state = 'scheduled' "
-                "AND (lease_owner IS NULL OR lease_expires_at <= ?) "
-                "ORDER BY updated_at, process_id LIMIT ?",
-                (now, limit),
-            )
-        ]
+        ids = [row[0] for row in conn.execute(self._claim_sql, (limit, now, limit, limit))]
         if not ids:
             return []
         rows = conn.execute(
