@@ -82,6 +82,10 @@ class Backend:
         """The versions recorded in the schema_version table, in order."""
         raise NotImplementedError
 
+    async def run_sql(self, *statements: str) -> None:
+        """Run raw SQL on the backend's database (for faking an older schema)."""
+        raise NotImplementedError
+
     async def cleanup(self) -> None:
         """Drop what this namespace left behind."""
 
@@ -145,6 +149,14 @@ class SQLiteBackend(Backend):
 
         await asyncio.to_thread(bump)
 
+    async def run_sql(self, *statements: str) -> None:
+        def run() -> None:
+            with contextlib.closing(sqlite3.connect(self.path)) as conn, conn:
+                for statement in statements:
+                    conn.execute(statement.replace("{p}", "taskwarden"))
+
+        await asyncio.to_thread(run)
+
     async def schema_versions(self) -> list[int]:
         def read() -> list[int]:
             with contextlib.closing(sqlite3.connect(self.path)) as conn:
@@ -185,6 +197,14 @@ class PostgresBackend(Backend):
                 "VALUES ($1, now())",
                 version,
             )
+        finally:
+            await conn.close()
+
+    async def run_sql(self, *statements: str) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            for statement in statements:
+                await conn.execute(statement.replace("{p}", self.prefix))
         finally:
             await conn.close()
 
@@ -1103,6 +1123,23 @@ async def test_concurrent_first_opens_migrate_once(backend: Backend) -> None:
 
 def _latest(name: str) -> int:
     return load_migrations("postgres" if name == "postgres" else name, "x")[-1][0]
+
+
+async def test_a_version_1_database_is_upgraded_on_open(backend: Backend) -> None:
+    """Opening a database at schema version 1 applies the later migrations, keeps the data,
+    and claiming works on the result."""
+    if backend.name == "memory":
+        pytest.skip("the memory store has no schema")
+    async with backend.make() as store:
+        await store.create(rec("old", state=S.SCHEDULED))
+    await backend.run_sql(
+        "DROP INDEX {p}_processes_claim",
+        "DELETE FROM {p}_schema_version WHERE version > 1",
+    )
+    assert await backend.schema_versions() == [1]
+    async with backend.make() as store:
+        assert _ids_of(await store.claim("w", 30, 5)) == ["old"]
+    assert await backend.schema_versions() == list(range(1, _latest(backend.name) + 1))
 
 
 async def test_a_newer_schema_refuses_to_open(backend: Backend) -> None:
