@@ -124,7 +124,7 @@ class ExecutionHistory:
         # The name each slot was recorded under, so eviction finds the right per-name
         # bucket even if a context is renamed after it was recorded.
         self._names: list[str] = []
-        self._by_name: dict[str, deque[OperationContext]] = {}
+        self._by_name: dict[str, OperationContext | deque[OperationContext]] = {}
         self._first_index = 0
         self._next_index = 0
         self._sinks: tuple[HistorySink, ...] = ()
@@ -152,11 +152,15 @@ class ExecutionHistory:
             self._next_index = index + 1
             context.index = index
             by_name = self._by_name
+            # A name maps to its one kept run, or to a deque once it repeats: most names
+            # are unique, and a deque per run would cost more than the rest of record().
             bucket = by_name.get(name)
             if bucket is None:
-                by_name[name] = deque((context,))
-            else:
+                by_name[name] = context
+            elif isinstance(bucket, deque):
                 bucket.append(context)
+            else:
+                by_name[name] = deque((bucket, context))
             capacity = self._max_entries
             if index < capacity:
                 self._buffer.append(context)
@@ -169,10 +173,7 @@ class ExecutionHistory:
                 if index - self._first_index >= capacity:
                     # The evicted run is the oldest of all, hence the oldest of its name.
                     self._first_index += 1
-                    evicted_bucket = by_name[evicted_name]
-                    evicted_bucket.popleft()
-                    if not evicted_bucket:
-                        del by_name[evicted_name]
+                    _drop_oldest(by_name, evicted_name)
             sinks = self._sinks
         if sinks:
             self._notify(context, sinks)
@@ -288,8 +289,7 @@ class ExecutionHistory:
     def get_by_name(self, name: str) -> list[OperationContext]:
         """The kept runs named ``name``, oldest first (a new list; empty when none)."""
         with self._lock:
-            bucket = self._by_name.get(name)
-            return list(bucket) if bucket is not None else []
+            return _named(self._by_name, name)
 
     def get_by_index(self, index: int) -> OperationContext | None:
         """Run number ``index``, or None if it was never recorded or was already dropped.
@@ -330,8 +330,7 @@ class ExecutionHistory:
             return []
         with self._lock:
             if name is not None:
-                bucket = self._by_name.get(name)
-                candidates = list(bucket) if bucket is not None else []
+                candidates = _named(self._by_name, name)
             elif wanted is None and cutoff is None and limit is not None:
                 # Unfiltered and capped: copy only what is returned.
                 count = min(limit, self._next_index - self._first_index)
@@ -374,10 +373,7 @@ class ExecutionHistory:
                 if cutoff is not None and _end_or_start(context) >= cutoff:
                     break
                 buffer[slot] = None
-                bucket = by_name[names[slot]]
-                bucket.popleft()
-                if not bucket:
-                    del by_name[names[slot]]
+                _drop_oldest(by_name, names[slot])
                 first += 1
             dropped = first - self._first_index
             self._first_index = first
@@ -500,6 +496,25 @@ class ExecutionHistory:
                 "oldest dropped first)"
             )
         out.print(table)
+
+
+def _named(
+    by_name: dict[str, OperationContext | deque[OperationContext]], name: str
+) -> list[OperationContext]:
+    bucket = by_name.get(name)
+    if bucket is None:
+        return []
+    return list(bucket) if isinstance(bucket, deque) else [bucket]
+
+
+def _drop_oldest(by_name: dict[str, OperationContext | deque[OperationContext]], name: str) -> None:
+    bucket = by_name[name]
+    if isinstance(bucket, deque):
+        bucket.popleft()
+        if len(bucket) == 1:
+            by_name[name] = bucket[0]
+    else:
+        del by_name[name]
 
 
 def _parse_status(status: OperationStatus | str, *, allow_all: bool) -> OperationStatus | None:

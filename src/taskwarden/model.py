@@ -8,6 +8,7 @@ immutable :class:`RunRecord` for persistence.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import time
 from collections.abc import Callable
@@ -24,7 +25,9 @@ __all__ = [
     "OperationStatus",
     "ProgressCallback",
     "RunRecord",
+    "format_id",
     "new_id",
+    "parse_sequence",
 ]
 
 
@@ -58,29 +61,47 @@ ProgressCallback = Callable[[str, "float | None", "str | None"], Any]
 """Called as ``callback(operation_id, percent, message)``; may return an awaitable."""
 
 _ID_SUFFIX = os.urandom(3).hex()
-_id_counter = itertools.count()
+_sequence = itertools.count(1)
 
 
 def new_id() -> str:
-    """A unique id that sorts by creation time (nanoseconds, then a per-process counter)."""
-    return f"{time.time_ns():016x}{next(_id_counter) & 0xFFFF:04x}{_ID_SUFFIX}"
+    """A unique id that sorts by creation time (microseconds, then a per-process counter)."""
+    return format_id(time.time(), next(_sequence))
+
+
+def format_id(timestamp: float, sequence: int) -> str:
+    """The id of the ``sequence``-th operation of this process, started at ``timestamp``."""
+    micros = int(timestamp * 1_000_000) if timestamp > 0 and timestamp != math.inf else 0
+    return f"{micros:013x}{sequence:08x}{_ID_SUFFIX}"
+
+
+def parse_sequence(operation_id: str) -> int | None:
+    """The per-process sequence number inside an id made here, or None for a foreign id."""
+    if len(operation_id) < 27 or not operation_id.endswith(_ID_SUFFIX):
+        return None
+    try:
+        return int(operation_id[13:-6], 16)
+    except ValueError:
+        return None
 
 
 class OperationContext:
     """The live state of one operation: what the registry and history show.
 
     Times are UNIX timestamps in seconds (``time.time()``), as in the seed API; use
-    :meth:`to_run_record` for timezone-aware values.
+    :meth:`to_run_record` for timezone-aware values. The ``id`` is made on first use from
+    the start time and a per-process sequence number, so it sorts by creation time.
     """
 
     __slots__ = (
+        "_id",
         "_metadata",
         "_progress_callbacks",
+        "_seq",
         "cancel_message",
         "cancel_reason",
         "end_time",
         "exception",
-        "id",
         "index",
         "kind",
         "name",
@@ -102,7 +123,8 @@ class OperationContext:
         metadata: dict[str, Any] | None = None,
         kind: str = "scope",
     ) -> None:
-        self.id: str = id or new_id()
+        self._seq = next(_sequence)
+        self._id = id
         self.name = name
         self.kind = kind
         self.status = OperationStatus.PENDING
@@ -122,6 +144,14 @@ class OperationContext:
         self._progress_callbacks: list[ProgressCallback] | None = None
 
     @property
+    def id(self) -> str:
+        """The unique id (made on first use; stable afterwards)."""
+        ident = self._id
+        if ident is None:
+            ident = self._id = format_id(self.start_time, self._seq)
+        return ident
+
+    @property
     def metadata(self) -> dict[str, Any]:
         """Application data attached to the operation (mutable)."""
         if self._metadata is None:
@@ -137,7 +167,9 @@ class OperationContext:
 
     @property
     def elapsed_time(self) -> float:
-        """Seconds since the start: grows while running, fixed once ended."""
+        """Seconds since the start: grows while running, fixed once ended (0 if pending)."""
+        if self.status is OperationStatus.PENDING:
+            return 0.0
         end = self.end_time if self.end_time is not None else time.time()
         return max(0.0, end - self.start_time)
 

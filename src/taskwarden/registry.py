@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from taskwarden.history import ExecutionHistory, get_default_history
-from taskwarden.model import CancelationReason, OperationContext, OperationStatus
+from taskwarden.model import CancelationReason, OperationContext, OperationStatus, parse_sequence
 
 if TYPE_CHECKING:
     from taskwarden.scope import Cancelable
@@ -78,7 +78,10 @@ class OperationRegistry:
         self, *, history: ExecutionHistory | None = None, history_size: int = 10_000
     ) -> None:
         self._lock = threading.Lock()
-        self._active: dict[str, Cancelable] = {}
+        # Keyed by the per-process sequence number inside each id: formatting every id up
+        # front would cost more than the rest of registering.
+        self._active: dict[int, Cancelable] = {}
+        self._foreign_ids: dict[str, Cancelable] = {}  # scopes given an id of their own
         # A name maps to its one live scope, or to a list when several share it: most names
         # are unique, and a container per name would double the memory of a pending scope.
         self._by_name: dict[str, Cancelable | list[Cancelable]] = {}
@@ -106,9 +109,11 @@ class OperationRegistry:
 
     # ------------------------------------------------------------------ called by scopes
     def _add(self, scope: Cancelable) -> None:
-        name = scope.context.name
+        name = scope.name
         with self._lock:
-            self._active[scope.context.id] = scope
+            self._active[scope._seq] = scope
+            if scope._id is not None:
+                self._foreign_ids[scope._id] = scope
             existing = self._by_name.get(name)
             if existing is None:
                 self._by_name[name] = scope
@@ -118,17 +123,30 @@ class OperationRegistry:
                 self._by_name[name] = [existing, scope]
 
     def _finish(self, scope: Cancelable) -> None:
-        ctx = scope.context
+        name = scope.name
         with self._lock:
-            if self._active.pop(ctx.id, None) is not None:
-                existing = self._by_name.get(ctx.name)
+            if self._active.pop(scope._seq, None) is not None:
+                if self._foreign_ids and scope._id is not None:
+                    self._foreign_ids.pop(scope._id, None)
+                existing = self._by_name.get(name)
                 if existing is scope:
-                    del self._by_name[ctx.name]
+                    del self._by_name[name]
                 elif isinstance(existing, list):
                     existing.remove(scope)
                     if len(existing) == 1:
-                        self._by_name[ctx.name] = existing[0]
-        self.history.record(ctx)
+                        self._by_name[name] = existing[0]
+        self.history.record(scope)
+
+    def _lookup(self, operation_id: str) -> Cancelable | None:
+        if self._foreign_ids:
+            found = self._foreign_ids.get(operation_id)
+            if found is not None:
+                return found
+        sequence = parse_sequence(operation_id)
+        if sequence is None:
+            return None
+        scope = self._active.get(sequence)
+        return scope if scope is not None and scope.id == operation_id else None
 
     # ------------------------------------------------------------------ lookups
     def __len__(self) -> int:
@@ -138,16 +156,15 @@ class OperationRegistry:
         """The contexts of every live operation, oldest first."""
         with self._lock:
             scopes = list(self._active.values())
-        return [scope.context for scope in scopes]
+        return list(scopes)
 
     def get_operation(self, operation_id: str) -> OperationContext | None:
         """The live operation with this id, or None."""
-        scope = self._active.get(operation_id)
-        return scope.context if scope is not None else None
+        return self._lookup(operation_id)
 
     def get_scope(self, operation_id: str) -> Cancelable | None:
         """The live scope (to cancel it, add callbacks...) with this id, or None."""
-        return self._active.get(operation_id)
+        return self._lookup(operation_id)
 
     def get_operation_by_name(self, name: str) -> OperationContext | None:
         """The most recently started live operation with this name, or None."""
@@ -163,10 +180,10 @@ class OperationRegistry:
 
     def get_children(self, operation_id: str) -> list[OperationContext]:
         """The live registered children of an operation (empty if it is not live)."""
-        scope = self._active.get(operation_id)
+        scope = self._lookup(operation_id)
         if scope is None:
             return []
-        return [child.context for child in scope.children if child._registry is self]
+        return [child for child in scope.children if child._registry is self]
 
     async def get_history(
         self,
@@ -181,10 +198,10 @@ class OperationRegistry:
         """The live operations as a forest: roots are those with no live registered parent."""
         with self._lock:
             scopes = list(self._active.values())
-        nodes = {scope.context.id: OperationNode(context=scope.context) for scope in scopes}
+        nodes = {scope.id: OperationNode(context=scope) for scope in scopes}
         roots: list[OperationNode] = []
         for scope in scopes:
-            node = nodes[scope.context.id]
+            node = nodes[scope.id]
             parent_id = scope.context.parent_id
             parent_node = nodes.get(parent_id) if parent_id is not None else None
             if parent_node is None:
@@ -334,6 +351,7 @@ class OperationRegistry:
         """Forget every operation, live and finished (live scopes keep running untracked)."""
         with self._lock:
             self._active.clear()
+            self._foreign_ids.clear()
             self._by_name.clear()
         self.history.clear()
 

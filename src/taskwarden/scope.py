@@ -22,13 +22,21 @@ import signal
 import threading
 import time
 import traceback
+from asyncio import current_task
+from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Callable, Iterable
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from taskwarden.errors import ConfigurationError
-from taskwarden.model import CancelationReason, OperationContext, OperationStatus, ProgressCallback
+from taskwarden.model import (
+    CancelationReason,
+    OperationContext,
+    OperationStatus,
+    ProgressCallback,
+    _sequence,
+)
 
 if TYPE_CHECKING:
     from taskwarden.registry import OperationRegistry
@@ -42,6 +50,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("taskwarden.scope")
+
+_now = time.time
 
 CancelCallback = Callable[["Cancelable"], Any]
 """Called with the scope when it is cancelled; may return an awaitable."""
@@ -190,8 +200,45 @@ class _SignalDispatcher:
 _signals = _SignalDispatcher()
 
 
-class Cancelable:
+class _Sources:
+    """What only some scopes use, kept off the common path (and out of its memory)."""
+
+    __slots__ = (
+        "callbacks",
+        "cancelled_event",
+        "condition",
+        "condition_interval",
+        "condition_task",
+        "deadline_handle",
+        "force_handle",
+        "grace_period",
+        "signals",
+        "timeout",
+        "token",
+    )
+
+    def __init__(self) -> None:
+        self.timeout: float | None = None
+        self.token: CancelationToken | None = None
+        self.signals: tuple[int, ...] = ()
+        self.condition: Condition | None = None
+        self.condition_interval = 0.1
+        self.grace_period = 0.0
+        self.callbacks: list[CancelCallback] | None = None
+        self.deadline_handle: asyncio.TimerHandle | None = None
+        self.force_handle: asyncio.TimerHandle | None = None
+        self.condition_task: asyncio.Task[None] | None = None
+        self.cancelled_event: asyncio.Event | None = None
+
+
+_UNSET: Any = object()
+
+
+class Cancelable(OperationContext):
     """An async context manager that tracks its block as a cancelable operation.
+
+    The scope is its own :class:`~taskwarden.model.OperationContext` (``op.context is op``),
+    so tracking costs one object per operation.
 
     Args:
         name: what the operation is called in the registry and history.
@@ -220,30 +267,15 @@ class Cancelable:
     """
 
     __slots__ = (
-        "_cancel_callbacks",
         "_cancel_requested",
-        "_cancelled_event",
         "_cancelling",
         "_children",
-        "_condition",
-        "_condition_interval",
-        "_condition_task",
-        "_ctx_token",
-        "_deadline_handle",
         "_exited",
-        "_force_handle",
         "_forced",
-        "_grace_period",
-        "_loop",
         "_parent",
-        "_parent_given",
         "_registry",
-        "_signals",
+        "_src",
         "_task",
-        "_thread_id",
-        "_timeout",
-        "_token",
-        "context",
     )
 
     def __init__(
@@ -266,48 +298,72 @@ class Cancelable:
         operation_id: str | None = None,
         kind: str = "scope",
     ) -> None:
-        if timeout is not None and (not timeout >= 0 or math.isinf(timeout)):
-            raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
-        if grace_period < 0:
-            raise ValueError(f"grace_period must be >= 0 seconds, got {grace_period!r}")
-        if condition is not None and condition_interval <= 0:
-            raise ValueError(f"condition_interval must be > 0, got {condition_interval!r}")
-        self.context = OperationContext(
-            name=name or "operation", id=operation_id, metadata=metadata, kind=kind
-        )
-        if on_progress is not None:
-            self.context.progress_callbacks.extend(on_progress)
+        # The fields of OperationContext, set here rather than through its __init__: this
+        # runs for every operation and each call level costs.
+        self._seq = next(_sequence)
+        self._id = operation_id
+        self.name = name or "operation"
+        self.kind = kind
+        self.status = OperationStatus.PENDING
+        self.start_time = 0.0
+        self.end_time = None
+        self.parent_id = None
+        self.cancel_reason = None
+        self.cancel_message = ""
+        self.result = None
+        self.exception = None
+        self.traceback = None
+        self.progress_percent = None
+        self.progress_message = None
+        self.index = None
+        self._metadata = metadata
+        self._progress_callbacks = list(on_progress) if on_progress is not None else None
+
         if auto_register is not None:
             register = auto_register
-        if register and registry is None:
-            from taskwarden.registry import OperationRegistry
-
-            registry = OperationRegistry.get_instance()
-        self._registry = registry if register else None
-        self._parent: Cancelable | None = parent
-        self._parent_given = parent is not None
-        self._timeout = timeout
-        self._token = token
-        self._signals = tuple(signals) if signals is not None else ()
-        self._condition = condition
-        self._condition_interval = condition_interval
-        self._grace_period = grace_period
-        self._cancel_callbacks: list[CancelCallback] | None = (
-            list(on_cancel) if on_cancel is not None else None
-        )
+        if not register:
+            self._registry: OperationRegistry | None = None
+        elif registry is not None:
+            self._registry = registry
+        else:
+            self._registry = _default_registry()
+        self._parent: Cancelable | None = parent if parent is not None else _UNSET
         self._children: set[Cancelable] | None = None
         self._task: asyncio.Task[Any] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread_id = 0
-        self._ctx_token: Token[Cancelable | None] | None = None
-        self._deadline_handle: asyncio.TimerHandle | None = None
-        self._force_handle: asyncio.TimerHandle | None = None
-        self._condition_task: asyncio.Task[None] | None = None
-        self._cancelled_event: asyncio.Event | None = None
         self._cancel_requested = False
         self._forced = False
         self._exited = False
         self._cancelling = 0
+        if (
+            timeout is None
+            and token is None
+            and signals is None
+            and condition is None
+            and not grace_period
+            and on_cancel is None
+        ):
+            self._src: _Sources | None = None
+            return
+        if timeout is not None and (not timeout >= 0 or math.isinf(timeout)):
+            raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
+        if not grace_period >= 0:
+            raise ValueError(f"grace_period must be >= 0 seconds, got {grace_period!r}")
+        if condition is not None and not condition_interval > 0:
+            raise ValueError(f"condition_interval must be > 0, got {condition_interval!r}")
+        src = self._src = _Sources()
+        src.timeout = timeout
+        src.token = token
+        src.signals = tuple(signals) if signals is not None else ()
+        src.condition = condition
+        src.condition_interval = condition_interval
+        src.grace_period = grace_period
+        src.callbacks = list(on_cancel) if on_cancel is not None else None
+
+    def _sources(self) -> _Sources:
+        src = self._src
+        if src is None:
+            src = self._src = _Sources()
+        return src
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -340,24 +396,15 @@ class Cancelable:
 
     # ------------------------------------------------------------------ properties
     @property
-    def id(self) -> str:
-        """The operation id."""
-        return self.context.id
-
-    @property
-    def name(self) -> str:
-        """The operation name."""
-        return self.context.name
-
-    @property
-    def status(self) -> OperationStatus:
-        """The operation status."""
-        return self.context.status
+    def context(self) -> Cancelable:
+        """The operation's context: the scope itself (the seed's ``op.context``)."""
+        return self
 
     @property
     def parent(self) -> Cancelable | None:
-        """The parent scope, if any."""
-        return self._parent
+        """The parent scope, if any (known once entered)."""
+        parent = self._parent
+        return None if parent is _UNSET else parent
 
     @property
     def children(self) -> list[Cancelable]:
@@ -366,7 +413,7 @@ class Cancelable:
 
     @property
     def task(self) -> asyncio.Task[Any] | None:
-        """The task running the scope's block (None before it enters)."""
+        """The task running the scope's block (None before it enters and after it exits)."""
         return self._task
 
     @property
@@ -382,20 +429,22 @@ class Cancelable:
         """Return once a cancel is requested."""
         if self._cancel_requested:
             return
-        if self._cancelled_event is None:
-            self._cancelled_event = asyncio.Event()
-        await self._cancelled_event.wait()
+        src = self._sources()
+        if src.cancelled_event is None:
+            src.cancelled_event = asyncio.Event()
+        await src.cancelled_event.wait()
 
     def on_cancel(self, callback: CancelCallback) -> CancelCallback:
         """Register ``callback(scope)`` to run when the scope is cancelled (a decorator too)."""
-        if self._cancel_callbacks is None:
-            self._cancel_callbacks = []
-        self._cancel_callbacks.append(callback)
+        src = self._sources()
+        if src.callbacks is None:
+            src.callbacks = []
+        src.callbacks.append(callback)
         return callback
 
     def on_progress(self, callback: ProgressCallback) -> ProgressCallback:
         """Register ``callback(operation_id, percent, message)`` for progress reports."""
-        self.context.progress_callbacks.append(callback)
+        self.progress_callbacks.append(callback)
         return callback
 
     def report_progress(self, percent: float | None, message: str | None = None) -> None:
@@ -405,58 +454,65 @@ class Cancelable:
             ValueError: ``percent`` is not None and not a number from 0 to 100.
         """
         value = validate_percent(percent)
-        ctx = self.context
-        ctx.progress_percent = value
+        self.progress_percent = value
         if message is not None:
-            ctx.progress_message = message
-        callbacks = ctx._progress_callbacks
+            self.progress_message = message
+        callbacks = self._progress_callbacks
         if callbacks:
             for callback in list(callbacks):
-                _run_callback(callback, ctx.id, value, message)
+                _run_callback(callback, self.id, value, message)
+
+    def set_result(self, result: Any) -> None:
+        """Attach the block's result, so the history shows it."""
+        self.result = result
 
     # ------------------------------------------------------------------ enter / exit
     async def __aenter__(self) -> Cancelable:
-        task = asyncio.current_task()
+        task = current_task()
         if task is None:
             raise RuntimeError("Cancelable must be entered inside an asyncio task")
-        if self._task is not None:
-            raise RuntimeError(f"scope {self.context.name!r} was already entered once")
-        loop = task.get_loop()
+        if self.status is not OperationStatus.PENDING:
+            raise RuntimeError(f"scope {self.name!r} was already entered once")
         self._task = task
-        self._loop = loop
-        self._thread_id = threading.get_ident()
         self._cancelling = task.cancelling()
-        ctx = self.context
-        parent = self._parent if self._parent_given else _current.get()
-        self._parent = parent
-        ctx.start_time = time.time()
-        ctx.status = OperationStatus.RUNNING
-        self._ctx_token = _current.set(self)
+        parent = self._parent
+        if parent is _UNSET:
+            parent = self._parent = _current.get()
+        self.start_time = _now()
+        self.status = OperationStatus.RUNNING
+        _current.set(self)
         registry = self._registry
         if registry is not None:
             registry._add(self)
         if parent is not None:
-            ctx.parent_id = parent.context.id
+            self.parent_id = parent.id
             if parent._children is None:
                 parent._children = set()
             parent._children.add(self)
             if parent._cancel_requested:
-                self._cancel(CancelationReason.PARENT, f"parent {parent.context.name!r} cancelled")
-        if self._timeout is not None:
-            self._deadline_handle = loop.call_later(self._timeout, self._on_timeout)
-        if self._token is not None and self._token._link(self):
-            self._cancel(self._token.reason or CancelationReason.MANUAL, self._token.message)
-        for signum in self._signals:
+                self._cancel(CancelationReason.PARENT, f"parent {parent.name!r} cancelled")
+        src = self._src
+        if src is not None:
+            self._arm(task.get_loop(), src)
+        return self
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, src: _Sources) -> None:
+        if src.timeout is not None and not self._cancel_requested:
+            src.deadline_handle = loop.call_later(src.timeout, self._on_timeout)
+        token = src.token
+        if token is not None and token._link(self):
+            self._cancel(token.reason or CancelationReason.MANUAL, token.message)
+        for signum in src.signals:
             _signals.add(loop, signum, self)
-        if self._condition is not None:
-            self._condition_task = loop.create_task(
-                self._poll_condition(), name=f"taskwarden-condition:{ctx.name}"
+        if src.condition is not None:
+            src.condition_task = loop.create_task(
+                self._poll_condition(src.condition, src.condition_interval),
+                name=f"taskwarden-condition:{self.name}",
             )
-        if self._cancel_requested and not self._forced and self._force_handle is None:
+        if self._cancel_requested and not self._forced and src.force_handle is None:
             # Cancelled before it entered: run the rest of the ladder now that it can.
             self._cancel_requested = False
-            self._cancel(ctx.cancel_reason or CancelationReason.MANUAL, ctx.cancel_message)
-        return self
+            self._cancel(self.cancel_reason or CancelationReason.MANUAL, self.cancel_message)
 
     async def __aexit__(
         self,
@@ -465,49 +521,46 @@ class Cancelable:
         tb: TracebackType | None,
     ) -> bool:
         self._exited = True
-        self._stop_sources()
-        if self._ctx_token is not None:
-            try:
-                _current.reset(self._ctx_token)
-            except ValueError:  # exited in another context than it entered (rare)
-                _current.set(self._parent)
+        if self._src is not None:
+            self._stop_sources(self._src)
+        parent = self._parent
+        _current.set(parent)
         swallow = False
-        if self._forced:
-            task = self._task
-            assert task is not None
-            if (
+        task = self._task
+        if (
+            self._forced
+            and task is not None
+            and (
                 task.uncancel() <= self._cancelling
                 and exc_type is not None
                 and issubclass(exc_type, asyncio.CancelledError)
-            ):
-                swallow = True
-        ctx = self.context
+            )
+        ):
+            swallow = True
         if exc_type is None:
-            status = (
+            self.status = (
                 OperationStatus.CANCELLED if self._cancel_requested else OperationStatus.COMPLETED
             )
         elif issubclass(exc_type, asyncio.CancelledError):
-            status = OperationStatus.CANCELLED
+            self.status = OperationStatus.CANCELLED
             if not self._cancel_requested:
-                ctx.cancel_message = "cancelled from outside the scope"
+                self.cancel_message = "cancelled from outside the scope"
         else:
-            status = OperationStatus.FAILED
-            ctx.exception = exc
+            self.status = OperationStatus.FAILED
+            self.exception = exc
             if exc is not None:
-                ctx.traceback = "".join(traceback.format_exception(exc_type, exc, tb))
-        ctx.end_time = time.time()
-        ctx.status = status
-        parent = self._parent
+                self.traceback = "".join(traceback.format_exception(exc_type, exc, tb))
+        self.end_time = _now()
         if parent is not None and parent._children is not None:
             parent._children.discard(self)
+        # A finished operation stays in the history: keep none of its live machinery.
+        self._task = None
+        self._parent = None
+        self._children = None
         registry = self._registry
         if registry is not None:
             registry._finish(self)
         return swallow
-
-    def set_result(self, result: Any) -> None:
-        """Attach the block's result, so the history shows it."""
-        self.context.result = result
 
     # ------------------------------------------------------------------ cancelling
     async def cancel(
@@ -531,90 +584,107 @@ class Cancelable:
         From a thread other than the scope's event loop the cancel is handed to that loop
         and this returns True if it was handed over (the scope may end first).
         """
-        loop = self._loop
-        if loop is not None and self._thread_id != threading.get_ident():
-            if self._exited or self._cancel_requested:
-                return False
-            try:
-                loop.call_soon_threadsafe(self._cancel, reason, message)
-            except RuntimeError:  # the loop is closed: the scope is gone
-                return False
-            return True
+        task = self._task
+        if task is not None:
+            loop = task.get_loop()
+            if _get_running_loop() is not loop:
+                if self._exited or self._cancel_requested:
+                    return False
+                try:
+                    loop.call_soon_threadsafe(self._cancel, reason, message)
+                except RuntimeError:  # the loop is closed: the scope is gone
+                    return False
+                return True
         return self._cancel(reason, message)
 
     def _cancel(self, reason: CancelationReason, message: str) -> bool:
         if self._cancel_requested or self._exited:
             return False
         self._cancel_requested = True
-        ctx = self.context
-        ctx.cancel_reason = reason
-        ctx.cancel_message = message
-        if self._deadline_handle is not None:
-            self._deadline_handle.cancel()
-            self._deadline_handle = None
-        if self._loop is None:  # cancelled before entering: __aenter__ finishes the job
+        self.cancel_reason = reason
+        self.cancel_message = message
+        src = self._src
+        if src is not None and src.deadline_handle is not None:
+            src.deadline_handle.cancel()
+            src.deadline_handle = None
+        task = self._task
+        if task is None:  # cancelled before entering: __aenter__ finishes the job
             return True
-        if self._cancelled_event is not None:
-            self._cancelled_event.set()
-        if self._cancel_callbacks:
-            for callback in list(self._cancel_callbacks):
-                _run_callback(callback, self)
+        if src is not None:
+            if src.cancelled_event is not None:
+                src.cancelled_event.set()
+            if src.callbacks:
+                for callback in list(src.callbacks):
+                    _run_callback(callback, self)
         if self._children:
-            child_message = f"parent {ctx.name!r} cancelled" + (f": {message}" if message else "")
+            child_message = f"parent {self.name!r} cancelled" + (f": {message}" if message else "")
             for child in list(self._children):
                 child.cancel_sync(CancelationReason.PARENT, child_message)
-        if self._grace_period <= 0:
+        if src is None or src.grace_period <= 0:
             self._force()
         else:
-            self._force_handle = self._loop.call_later(self._grace_period, self._force)
+            src.force_handle = task.get_loop().call_later(src.grace_period, self._force)
         return True
 
     def _force(self) -> None:
-        self._force_handle = None
-        if self._exited or self._forced or self._task is None:
+        src = self._src
+        if src is not None:
+            src.force_handle = None
+        task = self._task
+        if self._exited or self._forced or task is None:
             return
         self._forced = True
-        ctx = self.context
-        self._task.cancel(f"taskwarden: {ctx.name} cancelled ({ctx.cancel_reason})")
+        task.cancel(f"taskwarden: {self.name} cancelled ({self.cancel_reason})")
 
     def _on_timeout(self) -> None:
-        self._deadline_handle = None
-        self._cancel(CancelationReason.TIMEOUT, f"timed out after {self._timeout:g} seconds")
+        src = self._src
+        assert src is not None
+        src.deadline_handle = None
+        self._cancel(CancelationReason.TIMEOUT, f"timed out after {src.timeout:g} seconds")
 
-    async def _poll_condition(self) -> None:
-        condition = self._condition
-        assert condition is not None
+    async def _poll_condition(self, condition: Condition, interval: float) -> None:
         while not self._cancel_requested:
             try:
                 outcome = condition()
                 if not isinstance(outcome, bool) and asyncio.iscoroutine(outcome):
                     outcome = await outcome
             except Exception:
-                logger.exception(
-                    "condition of %r failed; it is no longer checked", self.context.name
-                )
+                logger.exception("condition of %r failed; it is no longer checked", self.name)
                 return
             if outcome:
                 self._cancel(CancelationReason.CONDITION, "condition met")
                 return
-            await asyncio.sleep(self._condition_interval)
+            await asyncio.sleep(interval)
 
-    def _stop_sources(self) -> None:
-        if self._deadline_handle is not None:
-            self._deadline_handle.cancel()
-            self._deadline_handle = None
-        if self._force_handle is not None:
-            self._force_handle.cancel()
-            self._force_handle = None
-        if self._token is not None:
-            self._token._unlink(self)
-        if self._signals and self._loop is not None:
-            for signum in self._signals:
-                _signals.remove(self._loop, signum, self)
-        if self._condition_task is not None:
-            self._condition_task.cancel()
-            self._condition_task = None
+    def _stop_sources(self, src: _Sources) -> None:
+        if src.deadline_handle is not None:
+            src.deadline_handle.cancel()
+            src.deadline_handle = None
+        if src.force_handle is not None:
+            src.force_handle.cancel()
+            src.force_handle = None
+        if src.token is not None:
+            src.token._unlink(self)
+        if src.signals and self._task is not None:
+            loop = self._task.get_loop()
+            for signum in src.signals:
+                _signals.remove(loop, signum, self)
+        if src.condition_task is not None:
+            src.condition_task.cancel()
+            src.condition_task = None
 
     def __repr__(self) -> str:
-        ctx = self.context
-        return f"<Cancelable {ctx.name!r} id={ctx.id} {ctx.status.value}>"
+        return f"<Cancelable {self.name!r} id={self.id} {self.status.value}>"
+
+
+_get_default_registry: Callable[[], OperationRegistry] | None = None
+
+
+def _default_registry() -> OperationRegistry:
+    global _get_default_registry
+    getter = _get_default_registry
+    if getter is None:  # imported late: the registry module imports this one
+        from taskwarden.registry import OperationRegistry
+
+        getter = _get_default_registry = OperationRegistry.get_instance
+    return getter()
