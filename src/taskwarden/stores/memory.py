@@ -77,6 +77,7 @@ class MemoryStore(Store):
         self._open = False
         self._records: dict[str, ProcessRecord] = {}
         self._children: dict[str, set[str]] = {}
+        self._scheduled: set[str] = set()  # so claim() costs what is queued, not everything
         self._runs: list[RunRecord] = []
         self._run_index = itertools.count(1)
 
@@ -106,6 +107,10 @@ class MemoryStore(Store):
     def _put(self, record: ProcessRecord, **changes: Any) -> ProcessRecord:
         record = dataclasses.replace(record, updated_at=self.clock.wall(), **changes)
         self._records[record.process_id] = record
+        if record.state is ProcessState.SCHEDULED:
+            self._scheduled.add(record.process_id)
+        else:
+            self._scheduled.discard(record.process_id)
         return record
 
     # -- definitions ------------------------------------------------------------------
@@ -200,6 +205,7 @@ class MemoryStore(Store):
 
     def _remove(self, process_id: str) -> None:
         record = self._records.pop(process_id)
+        self._scheduled.discard(process_id)
         self._children.pop(process_id, None)
         if record.parent_id is not None:
             siblings = self._children.get(record.parent_id)
@@ -318,9 +324,8 @@ class MemoryStore(Store):
             max(0, limit),
             (
                 record
-                for record in self._records.values()
-                if record.state is ProcessState.SCHEDULED
-                and (
+                for record in map(self._records.__getitem__, self._scheduled)
+                if (
                     record.lease_owner is None
                     or (record.lease_expires_at is not None and record.lease_expires_at <= now)
                 )
