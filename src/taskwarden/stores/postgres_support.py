@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -179,21 +179,34 @@ def record_from_row(row: Sequence[Any]) -> ProcessRecord:
     )
 
 
+def _encode_log(value: Any) -> str:
+    return json_dumps(log_to_json(value), "log data") if value else "[]"
+
+
+def _json_encoder(field: str) -> Callable[[Any], str]:
+    def encode(value: Any) -> str:
+        if not value and isinstance(value, dict):
+            return "{}"
+        return json_dumps(value, field)
+
+    return encode
+
+
+_ENCODERS: dict[str, Callable[[Any], Any]] = {
+    **dict.fromkeys(TIME_FIELDS, to_utc),
+    **{field: _json_encoder(field) for field in JSON_FIELDS},
+    **dict.fromkeys(BOOL_FIELDS, bool),
+    "log": _encode_log,
+    "state": lambda value: ProcessState(value).value,
+}
+
+
 def encode_field(field: str, value: Any) -> Any:
     """One field's value as asyncpg sends it (JSON as text, times as aware UTC)."""
     if value is None:
         return None
-    if field in TIME_FIELDS:
-        return to_utc(value)
-    if field in JSON_FIELDS:
-        return json_dumps(value, field)
-    if field == "log":
-        return json_dumps(log_to_json(value), "log data")
-    if field in BOOL_FIELDS:
-        return bool(value)
-    if field == "state":
-        return ProcessState(value).value
-    return value
+    encode = _ENCODERS.get(field)
+    return value if encode is None else encode(value)
 
 
 def run_from_row(row: Sequence[Any]) -> RunRecord:

@@ -143,21 +143,34 @@ def record_from_row(row: Sequence[Any]) -> ProcessRecord:
     )
 
 
+def _encode_log(value: Any) -> str:
+    return json_dumps(log_to_json(value), "log data") if value else "[]"
+
+
+def _json_encoder(field: str) -> Callable[[Any], str]:
+    def encode(value: Any) -> str:
+        if not value and isinstance(value, dict):
+            return "{}"
+        return json_dumps(value, field)
+
+    return encode
+
+
+_ENCODERS: dict[str, Callable[[Any], Any]] = {
+    **dict.fromkeys(TIME_FIELDS, encode_dt),
+    **{field: _json_encoder(field) for field in JSON_FIELDS},
+    **dict.fromkeys(BOOL_FIELDS, lambda value: 1 if value else 0),
+    "log": _encode_log,
+    "state": lambda value: ProcessState(value).value,
+}
+
+
 def encode_field(field: str, value: Any) -> Any:
     """One field's value as SQLite stores it."""
     if value is None:
         return None
-    if field in TIME_FIELDS:
-        return encode_dt(value)
-    if field in JSON_FIELDS:
-        return json_dumps(value, field)
-    if field == "log":
-        return json_dumps(log_to_json(value), "log data")
-    if field in BOOL_FIELDS:
-        return 1 if value else 0
-    if field == "state":
-        return ProcessState(value).value
-    return value
+    encode = _ENCODERS.get(field)
+    return value if encode is None else encode(value)
 
 
 def run_from_row(row: Sequence[Any]) -> RunRecord:
