@@ -218,6 +218,10 @@ class Store(ABC):
     after which nothing was committed (a busy database, a refused connection, a
     serialization failure) are retried a few times first.
 
+    Cancellation: cancelling a task that awaits a verb does not undo the verb; it may
+    still commit after the ``CancelledError`` (the SQLite thread and the PostgreSQL
+    statement run on). Re-read the record when the outcome matters.
+
     Time: lease decisions use the wall time of the store's
     :class:`~taskwarden.clock.Clock` (``clock=`` in the constructor, a ``SystemClock`` by
     default), so tests move time with a ``FakeClock`` instead of sleeping. Backends call
