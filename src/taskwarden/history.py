@@ -146,37 +146,42 @@ class ExecutionHistory:
         sink that raises is logged and counted in :attr:`sink_errors`; it never makes
         ``record`` fail.
         """
-        name = context.name
         with self._lock:
-            index = self._next_index
-            self._next_index = index + 1
-            context.index = index
-            by_name = self._by_name
-            # A name maps to its one kept run, or to a deque once it repeats: most names
-            # are unique, and a deque per run would cost more than the rest of record().
-            bucket = by_name.get(name)
-            if bucket is None:
-                by_name[name] = context
-            elif isinstance(bucket, deque):
-                bucket.append(context)
-            else:
-                by_name[name] = deque((bucket, context))
-            capacity = self._max_entries
-            if index < capacity:
-                self._buffer.append(context)
-                self._names.append(name)
-            else:
-                slot = index % capacity
-                evicted_name = self._names[slot]
-                self._buffer[slot] = context
-                self._names[slot] = name
-                if index - self._first_index >= capacity:
-                    # The evicted run is the oldest of all, hence the oldest of its name.
-                    self._first_index += 1
-                    _drop_oldest(by_name, evicted_name)
+            index = self._record_locked(context)
             sinks = self._sinks
         if sinks:
             self._notify(context, sinks)
+        return index
+
+    def _record_locked(self, context: OperationContext) -> int:
+        """:meth:`record` without the lock and the sinks: the caller holds ``_lock``."""
+        name = context.name
+        index = self._next_index
+        self._next_index = index + 1
+        context.index = index
+        by_name = self._by_name
+        # A name maps to its one kept run, or to a deque once it repeats: most names
+        # are unique, and a deque per run would cost more than the rest of record().
+        bucket = by_name.get(name)
+        if bucket is None:
+            by_name[name] = context
+        elif isinstance(bucket, deque):
+            bucket.append(context)
+        else:
+            by_name[name] = deque((bucket, context))
+        capacity = self._max_entries
+        if index < capacity:
+            self._buffer.append(context)
+            self._names.append(name)
+        else:
+            slot = index % capacity
+            evicted_name = self._names[slot]
+            self._buffer[slot] = context
+            self._names[slot] = name
+            if index - self._first_index >= capacity:
+                # The evicted run is the oldest of all, hence the oldest of its name.
+                self._first_index += 1
+                _drop_oldest(by_name, evicted_name)
         return index
 
     def add_sink(self, sink: HistorySink) -> None:

@@ -77,7 +77,6 @@ class OperationRegistry:
     def __init__(
         self, *, history: ExecutionHistory | None = None, history_size: int = 10_000
     ) -> None:
-        self._lock = threading.Lock()
         # Keyed by the per-process sequence number inside each id: formatting every id up
         # front would cost more than the rest of registering.
         self._active: dict[int, Cancelable] = {}
@@ -88,6 +87,9 @@ class OperationRegistry:
         self.history = (
             history if history is not None else ExecutionHistory(max_entries=history_size)
         )
+        # One lock for the registry and its history: finishing an operation leaves the
+        # active set and enters the history in one critical section.
+        self._lock = self.history._lock
 
     @classmethod
     def get_instance(cls) -> OperationRegistry:
@@ -124,18 +126,23 @@ class OperationRegistry:
 
     def _finish(self, scope: Cancelable) -> None:
         name = scope.name
+        history = self.history
         with self._lock:
             if self._active.pop(scope._seq, None) is not None:
                 if self._foreign_ids and scope._id is not None:
                     self._foreign_ids.pop(scope._id, None)
-                existing = self._by_name.get(name)
+                by_name = self._by_name
+                existing = by_name.get(name)
                 if existing is scope:
-                    del self._by_name[name]
+                    del by_name[name]
                 elif isinstance(existing, list):
                     existing.remove(scope)
                     if len(existing) == 1:
-                        self._by_name[name] = existing[0]
-        self.history.record(scope)
+                        by_name[name] = existing[0]
+            history._record_locked(scope)
+            sinks = history._sinks
+        if sinks:
+            history._notify(scope, sinks)
 
     def _lookup(self, operation_id: str) -> Cancelable | None:
         if self._foreign_ids:
