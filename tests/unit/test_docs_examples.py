@@ -15,7 +15,13 @@ import pytest
 import taskwarden
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNNABLE_DOCS = ["README.md", "docs/quickstart.md", "docs/history.md", "docs/supervisor.md"]
+RUNNABLE_DOCS = [
+    "README.md",
+    "docs/quickstart.md",
+    "docs/history.md",
+    "docs/supervisor.md",
+    "docs/stores.md",
+]
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 
