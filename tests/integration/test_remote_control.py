@@ -254,3 +254,27 @@ async def test_launch_and_cancel_from_another_process_over_postgres(
     url = await _fresh_postgres_db(postgres_server_url)
     latencies = await _launch_and_cancel_across_processes(url, url)
     assert len(latencies) == 5
+
+
+async def test_init_with_a_bus_serves_the_default_engine(tmp_path: Path) -> None:
+    """The seed's ``init(..., redis_url=...)`` spelling works with any bus URL."""
+    import taskwarden
+
+    hub = f"local://remote-{uuid.uuid4().hex[:8]}"
+    await taskwarden.init(
+        store=f"sqlite:///{tmp_path / 'facade.db'}",
+        redis_url=hub,
+        get_task_definitions=_definitions,
+        registry=OperationRegistry(),
+    )
+    try:
+        control = taskwarden.get_remote_control()
+        assert isinstance(control, RemoteControl)
+        async with open_bus(hub) as bus:
+            client = RemoteClient(bus, timeout=BOUND)
+            async with bus.subscribe("taskwarden.process.changed") as events:
+                assert (await client.launch("quick")).ok
+                await asyncio.wait_for(_next_state(events, "quick", "done"), BOUND)
+    finally:
+        await taskwarden.shutdown()
+    assert taskwarden.get_remote_control() is None

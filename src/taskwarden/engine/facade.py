@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from taskwarden.abc import Store
+from taskwarden.abc import Bus, Store
 from taskwarden.engine.definitions import TaskInstance
 from taskwarden.engine.engine import Engine, GetTaskDefinitions
 from taskwarden.errors import ConfigurationError
@@ -27,6 +27,7 @@ __all__ = [
     "dismiss",
     "get_engine",
     "get_process",
+    "get_remote_control",
     "init",
     "launch",
     "launch_and_wait",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 _engine: Engine | None = None
+_remote: Any = None  # the RemoteControl serving the default engine, when it has a bus
+_bus: Any = None  # the bus the facade opened from a URL (closed on shutdown)
 
 
 def get_engine() -> Engine:
@@ -57,8 +60,11 @@ def get_engine() -> Engine:
 async def init(
     store: Store | str | None = None,
     prefix: str = "taskwarden",
+    redis_url: str | None = None,
     services: dict[str, Any] | None = None,
     get_task_definitions: GetTaskDefinitions | None = None,
+    *,
+    bus: Bus | str | None = None,
     **options: Any,
 ) -> None:
     """Create and start the default engine; call it before any other function.
@@ -67,16 +73,22 @@ async def init(
         store: a store URL (``sqlite:///path.db``, ``postgresql://...``, ``memory://``) or
             a :class:`~taskwarden.abc.Store`; default ``TASKWARDEN_STORE`` or
             ``sqlite://`` (``./taskwarden.db``).
-        prefix: the namespace of the store's tables.
+        prefix: the namespace of the store's tables and of the bus topics.
+        redis_url: the seed's spelling of ``bus="redis://..."``.
         services: passed to every task as ``ctx.services``.
         get_task_definitions: ``async (services, metadata_filter) -> list[TaskInstance]``,
             called on init and resync.
+        bus: a bus URL (``redis://...``, ``postgresql://...``) or an open
+            :class:`~taskwarden.abc.Bus`; default ``TASKWARDEN_BUS``. With a bus the engine
+            takes remote commands, publishes its state changes and its heartbeat (see
+            :class:`taskwarden.remote.RemoteControl`, returned by :func:`get_remote_control`).
         options: further :class:`Engine` options (``max_concurrency``, ``cancel_grace``...).
 
     A previous default engine that is still running is shut down first.
     """
     global _engine
     if _engine is not None and _engine.state.value in ("created", "started"):
+        await _stop_remote()
         await _engine.shutdown()
     if store is None:
         store = os.environ.get("TASKWARDEN_STORE") or "sqlite://"
@@ -89,6 +101,38 @@ async def init(
     )
     await engine.init()
     _engine = engine
+    bus = bus or redis_url or os.environ.get("TASKWARDEN_BUS") or None
+    if bus is not None:
+        await _start_remote(engine, bus, prefix)
+
+
+async def _start_remote(engine: Engine, bus: Bus | str, prefix: str) -> None:
+    # Imported here: remote control sits above the engine and is only loaded when used.
+    from taskwarden.bus import open_bus
+    from taskwarden.remote import RemoteControl
+
+    global _remote, _bus
+    if isinstance(bus, str):
+        bus = _bus = open_bus(bus)
+        await bus.open()
+    _remote = RemoteControl(engine, bus, prefix=prefix)
+    await _remote.start()
+
+
+def get_remote_control() -> Any:
+    """The :class:`~taskwarden.remote.RemoteControl` of the default engine (the seed's
+    ``rpc_server``): register application commands on it. None without a bus."""
+    return _remote
+
+
+async def _stop_remote() -> None:
+    global _remote, _bus
+    remote, _remote = _remote, None
+    bus, _bus = _bus, None
+    if remote is not None:
+        await remote.stop()
+    if bus is not None:
+        await bus.close()
 
 
 async def run() -> None:
@@ -101,6 +145,7 @@ async def shutdown() -> None:
     leave every record terminal."""
     global _engine
     engine = get_engine()
+    await _stop_remote()
     await engine.shutdown()
     if _engine is engine:
         _engine = None
