@@ -6,7 +6,8 @@ the latest percent and message and the new log entries in one ``store.update_pro
 call, then sleeps one flush interval (``TASKWARDEN_PROGRESS_FLUSH_INTERVAL_MS``, default
 100 ms), so a process causes at most one progress write per interval however often it
 reports. :meth:`~ProgressBuffer.close` stops the flusher and writes what is left: the final
-flush is never lost.
+flush is never lost. At the end of a run, a pending percent and message ride on the run's
+terminal transition instead (:meth:`~ProgressBuffer.close_into`): one write, not two.
 
 A burst of messages is coalesced: within one flush interval at most ``max_messages``
 entries of level event, info or debug are kept and the rest become one
@@ -250,6 +251,29 @@ class ProgressBuffer:
 
     async def close(self) -> None:
         """Stop the flusher and write what is pending: the final flush."""
+        await self._stop_flusher()
+        await self.flush()
+
+    async def close_into(self, fields: dict[str, Any]) -> None:
+        """Stop the flusher; put a pending percent and message into ``fields`` (the run's
+        terminal transition writes them, so the final flush costs no write of its own), or
+        write pending log entries now, as :meth:`close` does."""
+        await self._stop_flusher()
+        if not self._dirty:
+            return
+        if self._entries or self._dropped:
+            await self.flush()
+            return
+        fields["progress_percent"] = self._percent
+        fields["progress_message"] = self._message
+        self._dirty = False
+
+    def reopen_pending(self) -> None:
+        """The terminal write that carried the final progress did not happen: mark it
+        pending again, for a later :meth:`close`."""
+        self._dirty = True
+
+    async def _stop_flusher(self) -> None:
         self._closed = True
         task = self._task
         if task is not None and not task.done():
@@ -260,4 +284,3 @@ class ProgressBuffer:
             else:
                 task.cancel()
             await asyncio.wait({task})
-        await self.flush()

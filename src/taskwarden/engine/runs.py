@@ -261,9 +261,14 @@ class RunMixin:
         self, run: _Run, scope: Cancelable, error: BaseException | None, *, cancelled: bool
     ) -> None:
         process_id = run.process_id
-        if run.progress is not None:
+        progress = run.progress
+        final_progress: dict[str, Any] = {}
+        if progress is not None:
             try:
-                await run.progress.close()
+                if run.abandoned:
+                    await progress.close()
+                else:
+                    await progress.close_into(final_progress)
             except Exception:
                 logger.exception("final progress flush of %r failed", process_id)
         if run.abandoned:
@@ -293,8 +298,19 @@ class RunMixin:
                 cancel_message=context.cancel_message or None,
             )
 
-        record = await self._end_record(run, target, cancelled, now, duration, error_text, history)
+        record = await self._end_record(
+            run, target, cancelled, now, duration, error_text, history, final_progress
+        )
         if record is None:
+            if final_progress and progress is not None:
+                # The terminal write that was to carry it did not happen: write it alone.
+                progress.reopen_pending()
+                try:
+                    await progress.flush()
+                except ProcessNotFound:
+                    pass
+                except Exception:
+                    logger.exception("final progress flush of %r failed", process_id)
             return
         run.final_state = record.state
         run.error = record.error
@@ -311,6 +327,7 @@ class RunMixin:
         duration: float | None,
         error: str | None,
         history: Callable[[ProcessState], RunRecord],
+        final_progress: dict[str, Any],
     ) -> ProcessRecord | None:
         process_id = run.process_id
         for _ in range(3):
@@ -319,7 +336,7 @@ class RunMixin:
                 expected: set[ProcessState] = {S.CANCELLING}
             else:
                 expected = {S.RUNNING}
-            fields: dict[str, Any] = {"duration": duration}
+            fields: dict[str, Any] = {"duration": duration, **final_progress}
             if target is S.DONE:
                 fields["done_at"] = now
             elif target is S.FAILED:

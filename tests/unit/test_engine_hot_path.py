@@ -1,0 +1,133 @@
+"""The engine's hot path: what a run costs in tasks, garbage and store writes."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Sequence
+
+from taskwarden.engine import ProcessContext
+from taskwarden.processes import LogEntry, ProcessState
+from taskwarden.stores.memory import MemoryStore
+from tests.engine_support import StateLog, started_engine, task
+
+S = ProcessState
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts progress writes per process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progress_writes: dict[str, int] = {}
+
+    async def update_progress(
+        self,
+        process_id: str,
+        percent: float | None,
+        message: str | None,
+        log_entries: Sequence[LogEntry] = (),
+        max_log: int = 1000,
+    ) -> None:
+        self.progress_writes[process_id] = self.progress_writes.get(process_id, 0) + 1
+        await super().update_progress(process_id, percent, message, log_entries, max_log)
+
+
+def _process_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("taskwarden-process:")]
+
+
+async def test_launches_beyond_max_concurrency_wait_without_a_task_each() -> None:
+    release = asyncio.Event()
+
+    async def hold(ctx: ProcessContext) -> None:
+        await release.wait()
+
+    tasks = [task(f"p{i}", hold) for i in range(50)]
+    async with started_engine(*tasks, max_concurrency=3) as engine:
+        log = StateLog(engine)
+        for i in range(50):
+            await engine.launch(f"p{i}")
+        await log.wait_for("p2", S.RUNNING)
+        assert len(_process_tasks()) == 3
+        assert len(engine.active_runs()) == 50
+        release.set()
+        for i in range(50):
+            await log.wait_for(f"p{i}", S.DONE)
+        assert [pid for pid, state in log.changes if state is S.RUNNING] == [
+            f"p{i}" for i in range(50)
+        ]  # slots go to the waiting runs oldest first
+
+
+async def test_a_cancelled_waiting_run_never_starts_and_frees_no_slot_twice() -> None:
+    release = asyncio.Event()
+
+    async def hold(ctx: ProcessContext) -> None:
+        await release.wait()
+
+    tasks = [task(f"p{i}", hold) for i in range(4)]
+    async with started_engine(*tasks, max_concurrency=1) as engine:
+        log = StateLog(engine)
+        for i in range(4):
+            await engine.launch(f"p{i}")
+        await log.wait_for("p0", S.RUNNING)
+        await engine.cancel("p1")
+        await engine.wait("p1")
+        release.set()
+        for pid in ("p0", "p2", "p3"):
+            await log.wait_for(pid, S.DONE)
+            await engine.wait(pid)
+        assert log.states("p1") == [S.SCHEDULED, S.CANCELLED]
+        assert engine.active_runs() == []
+
+
+async def test_a_finished_run_leaves_no_reference_cycle_behind() -> None:
+    async with started_engine(task("p")) as engine:
+        await engine.launch_and_wait("p")  # warm up imports and caches
+        await engine.store.transition("p", {S.DONE}, S.IDLE)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gc.collect()
+        gc.disable()
+        try:
+            await engine.launch_and_wait("p")
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert gc.collect() == 0
+        finally:
+            gc.enable()
+
+
+async def test_the_final_progress_rides_on_the_terminal_transition() -> None:
+    store = CountingStore()
+
+    async def reporter(ctx: ProcessContext) -> None:
+        ctx.report_progress(0)
+        await asyncio.sleep(0)  # the first report is written at once
+        for i in range(1000):
+            ctx.report_progress(i / 10)
+
+    async with started_engine(
+        task("p", reporter), store=store, progress_flush_interval=3600
+    ) as engine:
+        await engine.launch_and_wait("p")
+        record = await engine.get_process("p")
+        assert record is not None and record.state is S.DONE
+        assert record.progress_percent == 99.9
+        assert store.progress_writes["p"] == 1  # the first report only
+
+
+async def test_final_log_entries_are_still_written_before_the_end() -> None:
+    store = CountingStore()
+
+    async def reporter(ctx: ProcessContext) -> None:
+        ctx.report_progress(50, "half way")
+
+    async with started_engine(
+        task("p", reporter), store=store, progress_flush_interval=3600
+    ) as engine:
+        await engine.launch_and_wait("p")
+        record = await engine.get_process("p")
+        assert record is not None and record.state is S.DONE
+        assert record.progress_percent == 50 and record.progress_message == "half way"
+        assert [entry.message for entry in record.log] == ["half way"]
