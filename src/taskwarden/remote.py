@@ -22,12 +22,16 @@ it at once.
 
 While it runs, :class:`RemoteControl` also publishes every committed state change on
 ``<prefix>.process.changed`` (ids and the new state, never whole documents) and the engine's
-heartbeat on ``system.<engine>.health``.
+heartbeat on ``system.<engine>.health``. Changes made while a command is being handled are
+published once it has been handled (or after ``hold_events`` seconds at most), in order, so
+publishing does not compete with the command's own store writes: a remote cancel reaches
+the running task sooner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -125,6 +129,8 @@ class RemoteControl:
             the oldest are dropped (and counted in :attr:`events_dropped`).
         serve_commands: False keeps this engine from taking commands (it still publishes,
             beats and obeys broadcast cancels), e.g. for an engine that only runs work.
+        hold_events: seconds at most that state changes wait to be published while a
+            command is being handled (0: publish at once).
     """
 
     def __init__(
@@ -136,7 +142,10 @@ class RemoteControl:
         heartbeat_interval: float | None = 5.0,
         max_pending_events: int = 10_000,
         serve_commands: bool = True,
+        hold_events: float = 0.1,
     ) -> None:
+        if not hold_events >= 0:
+            raise ConfigurationError(f"hold_events must be seconds >= 0, got {hold_events!r}")
         self.engine = engine
         self.serve_commands = serve_commands
         self.bus = bus
@@ -148,6 +157,10 @@ class RemoteControl:
         self._events: deque[ProcessRecord] = deque()
         self._max_events = max_pending_events
         self._events_ready = asyncio.Event()
+        self._hold_events = hold_events
+        self._handling = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._heartbeat = (
             HeartbeatPublisher(
                 bus,
@@ -229,6 +242,12 @@ class RemoteControl:
         while True:
             await self._events_ready.wait()
             self._events_ready.clear()
+            if not self._idle.is_set() and self._hold_events > 0:
+                # The command's store writes and this loop's publishing share one event loop
+                # (and the GIL with a SQLite thread): publish once it has been handled.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._hold_events):
+                        await self._idle.wait()
             while self._events:
                 record = self._events.popleft()
                 try:
@@ -268,10 +287,16 @@ class RemoteControl:
 
     def _engine_handler(self, verb: str) -> Callable[[BusMessage], Awaitable[Mapping[str, Any]]]:
         async def handle(message: BusMessage) -> Mapping[str, Any]:
+            self._handling += 1
+            self._idle.clear()
             try:
                 return await self._dispatch(verb, message.payload)
             except TaskwardenError as exc:
                 return _refusal(exc)
+            finally:
+                self._handling -= 1
+                if not self._handling:
+                    self._idle.set()
 
         return handle
 
