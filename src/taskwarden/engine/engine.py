@@ -177,6 +177,11 @@ class Engine(RunMixin):
         self._max_concurrency = max_concurrency or None
         self._active_roots = 0
         self._pending: deque[_Run] = deque()
+        # Stores known to run calls in the order they are made, so a run's start can be
+        # queued behind its launch before the launch's answer is back.
+        self._in_order_store = f"{type(store).__module__}.{type(store).__qualname__}" in (
+            _IN_ORDER_STORES
+        )
         self._blocked = False
         self._cron = CronScheduler(self.clock, lambda: self._schedules, self._fire_cron)
         self._cron_task: asyncio.Task[None] | None = None
@@ -523,6 +528,12 @@ class Engine(RunMixin):
                 f"process {process_id!r} has no definition in this engine: child processes "
                 "run through their parent, others need a definition (resync or adhoc_define)",
             )
+        if (
+            self._in_order_store
+            and process_id not in self._runs
+            and (self._max_concurrency is None or self._active_roots < self._max_concurrency)
+        ):
+            return await self._launch_and_start(process_id, definition)
         try:
             # One compare-and-set, no read first: the store says if it is not launchable.
             scheduled = await self.store.transition(
@@ -765,6 +776,10 @@ class Engine(RunMixin):
     def __repr__(self) -> str:
         return f"<Engine {self.engine_id!r} {self.state} runs={len(self._runs)}>"
 
+
+_IN_ORDER_STORES = frozenset(
+    {"taskwarden.stores.sqlite.SQLiteStore", "taskwarden.stores.memory.MemoryStore"}
+)
 
 _HOST = socket.gethostname()
 _engine_numbers = itertools.count()

@@ -32,7 +32,13 @@ from taskwarden.errors import (
     ProcessNotFound,
 )
 from taskwarden.model import CancelationReason, OperationStatus, RunRecord
-from taskwarden.processes import ACTIVE_STATES, END_STATES, ProcessRecord, ProcessState
+from taskwarden.processes import (
+    ACTIVE_STATES,
+    END_STATES,
+    LAUNCHABLE_STATES,
+    ProcessRecord,
+    ProcessState,
+)
 from taskwarden.registry import OperationRegistry
 from taskwarden.scope import Cancelable
 
@@ -90,6 +96,9 @@ class _Run:
     ephemeral: bool = False
     final_state: ProcessState | None = None
     error: str | None = None
+    launch: asyncio.Future[ProcessRecord | None] | None = None
+    """Set for a run started together with its launch: the launch's outcome (its
+    ``scheduled`` record once its bookkeeping is done, None if it failed)."""
 
 
 def _error_text(exc: BaseException) -> str:
@@ -104,6 +113,7 @@ class RunMixin:
     clock: Clock
     registry: OperationRegistry
     engine_id: str
+    _in_order_store: bool
     services: dict[str, Any]
     cancel_grace: float
     abandon_after: float
@@ -125,6 +135,7 @@ class RunMixin:
         definition: TaskInstance,
         parent: _Run | None = None,
         listener: Callable[[str, float | None, str | None], None] | None = None,
+        launch: asyncio.Future[ProcessRecord | None] | None = None,
     ) -> _Run:
         run = _Run(
             process_id=record.process_id,
@@ -133,6 +144,7 @@ class RunMixin:
             parent=parent,
             listener=listener,
             ephemeral=record.ephemeral,
+            launch=launch,
         )
         self._runs[record.process_id] = run
         if parent is None and self._max_concurrency is not None:
@@ -144,6 +156,35 @@ class RunMixin:
             self._active_roots += 1
             run.holds_slot = True
         self._create_task(run)
+        return run
+
+    async def _launch_and_start(self, process_id: str, definition: TaskInstance) -> _Run:
+        """Launch with a free slot on a store that runs calls in order: the run's task is
+        created first, so its start is queued right behind this launch (one round trip to
+        the store instead of two). The run decides by its own start's outcome; see
+        ``_start_with_launch``."""
+        launch: asyncio.Future[ProcessRecord | None] = asyncio.get_running_loop().create_future()
+        run = self._start_run(
+            ProcessRecord(process_id=process_id, name=definition.name), definition, launch=launch
+        )
+        try:
+            scheduled = await self.store.transition(
+                process_id,
+                LAUNCHABLE_STATES,
+                S.SCHEDULED,
+                lease_owner=self.engine_id,
+                **_RESET_FIELDS,
+            )
+            if scheduled.run_number > 0:
+                # It ran before: the previous run's children make way for this run's.
+                await self.store.delete_descendants(process_id)
+        except BaseException:
+            if not launch.done():
+                launch.set_result(None)
+            raise
+        self._notify(scheduled)
+        if not launch.done():
+            launch.set_result(scheduled)
         return run
 
     def _create_task(self, run: _Run) -> None:
@@ -210,12 +251,19 @@ class RunMixin:
     async def _execute_run(self, run: _Run) -> None:
         process_id = run.process_id
         now = self.clock.wall()
-        try:
-            record = await self.store.transition(
-                process_id, {S.SCHEDULED}, S.RUNNING, running_since=now
-            )
-        except (InvalidTransition, ProcessNotFound):
-            return  # cancelled or removed before it started
+        if run.launch is not None:
+            started = await self._start_with_launch(run, run.launch, now)
+            if started is None:
+                return
+            record = started
+            run.ephemeral = run.ephemeral or record.ephemeral
+        else:
+            try:
+                record = await self.store.transition(
+                    process_id, {S.SCHEDULED}, S.RUNNING, running_since=now
+                )
+            except (InvalidTransition, ProcessNotFound):
+                return  # cancelled or removed before it started
         run.record = record
         run.started = True
         self._notify(record)
@@ -256,6 +304,37 @@ class RunMixin:
         except Exception as exc:
             error = exc
         await _shielded(self._finish(run, scope, error, cancelled=False))
+
+    async def _start_with_launch(
+        self, run: _Run, launch: asyncio.Future[ProcessRecord | None], now: datetime
+    ) -> ProcessRecord | None:
+        """Start a run whose launch is still being written: the start is queued right
+        behind the launch, so an in-order store commits both in one go. The start expects
+        this engine's lease, so it cannot take over a process another engine scheduled."""
+        process_id = run.process_id
+        started: ProcessRecord | None
+        try:
+            started = await self.store.transition(
+                process_id,
+                {S.SCHEDULED},
+                S.RUNNING,
+                expected_owner=self.engine_id,
+                running_since=now,
+            )
+        except (InvalidTransition, ProcessNotFound):
+            started = None
+        # The launch announces ``scheduled`` before this run may announce ``running``.
+        scheduled = launch.result() if launch.done() else await asyncio.shield(launch)
+        if started is not None:
+            return started  # (also when the launch's caller went away after its write)
+        if scheduled is None:
+            return None  # the launch was refused: nothing to run
+        try:  # the start overtook the launch after all: start the usual way
+            return await self.store.transition(
+                process_id, {S.SCHEDULED}, S.RUNNING, running_since=self.clock.wall()
+            )
+        except (InvalidTransition, ProcessNotFound):
+            return None  # cancelled or removed before it started
 
     async def _finish(
         self, run: _Run, scope: Cancelable, error: BaseException | None, *, cancelled: bool
