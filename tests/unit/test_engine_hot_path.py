@@ -131,3 +131,35 @@ async def test_final_log_entries_are_still_written_before_the_end() -> None:
         assert record is not None and record.state is S.DONE
         assert record.progress_percent == 50 and record.progress_message == "half way"
         assert [entry.message for entry in record.log] == ["half way"]
+
+
+class AnswerLostStore(MemoryStore):
+    """Commits a run's end, then never answers: the caller's await is left hanging."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.committed = asyncio.Event()
+
+    async def transition(  # type: ignore[override]
+        self, process_id: str, expected: object, to_state: ProcessState, /, **kwargs: object
+    ) -> object:
+        record = await super().transition(process_id, expected, to_state, **kwargs)  # type: ignore[arg-type]
+        if to_state is S.DONE and not self.committed.is_set():
+            self.committed.set()
+            await asyncio.Event().wait()
+        return record
+
+
+async def test_a_run_cancelled_from_outside_while_ending_still_records_its_end_once() -> None:
+    store = AnswerLostStore()
+    async with started_engine(task("p"), store=store) as engine:
+        log = StateLog(engine)
+        await engine.launch("p")
+        await asyncio.wait_for(store.committed.wait(), 2)
+        [run_task] = _process_tasks()
+        run_task.cancel()  # not the engine's doing: someone cancels the task by hand
+        await asyncio.wait({run_task}, timeout=2)
+        assert log.states("p") == [S.SCHEDULED, S.RUNNING, S.DONE]
+        history = await engine.query_history("p")
+        assert [run.status for run in history] == ["completed"]
+        assert engine.active_runs() == []

@@ -269,7 +269,7 @@ class Engine(RunMixin):
             await self._wait_runs(runs, deadline - force_window)
             left = [run for run in runs if not run.done.is_set()]
             for run in left:
-                if run.task is not None:
+                if run.task is not None and not run.finishing:
                     run.task.cancel("taskwarden: engine shutting down")
             await self._wait_runs(left, force_window)
             # Children started while their parents wound down are in _runs, not in `runs`.

@@ -99,6 +99,11 @@ class _Run:
     launch: asyncio.Future[ProcessRecord | None] | None = None
     """Set for a run started together with its launch: the launch's outcome (its
     ``scheduled`` record once its bookkeeping is done, None if it failed)."""
+    finishing: bool = False
+    """Its end is being recorded: the engine no longer cancels its task."""
+    final_progress: dict[str, Any] = field(default_factory=dict)
+    end_submitted: bool = False
+    end_record: ProcessRecord | None = None
 
 
 def _error_text(exc: BaseException) -> str:
@@ -303,7 +308,15 @@ class RunMixin:
             raise
         except Exception as exc:
             error = exc
-        await _shielded(self._finish(run, scope, error, cancelled=False))
+        # Recorded in this task, not a shielded one (a task per run is measurable): the
+        # engine does not cancel a finishing run, and _finish resumes where a cancel from
+        # outside interrupted it.
+        run.finishing = True
+        try:
+            await self._finish(run, scope, error, cancelled=False)
+        except asyncio.CancelledError:
+            await _shielded(self._finish(run, scope, error, cancelled=False))
+            raise
 
     async def _start_with_launch(
         self, run: _Run, launch: asyncio.Future[ProcessRecord | None], now: datetime
@@ -341,7 +354,10 @@ class RunMixin:
     ) -> None:
         process_id = run.process_id
         progress = run.progress
-        final_progress: dict[str, Any] = {}
+        final_progress = run.final_progress
+        if run.end_record is not None:  # resumed after the end was written
+            await self._after_terminal(run.end_record, run)
+            return
         if progress is not None:
             try:
                 if run.abandoned:
@@ -380,6 +396,7 @@ class RunMixin:
         record = await self._end_record(
             run, target, cancelled, now, duration, error_text, history, final_progress
         )
+        run.end_record = record
         if record is None:
             if final_progress and progress is not None:
                 # The terminal write that was to carry it did not happen: write it alone.
@@ -422,12 +439,20 @@ class RunMixin:
                 fields.update(failed_at=now, error=error)
             else:
                 fields["stopped_at"] = now
+            resumed = run.end_submitted
+            run.end_submitted = True
             try:
                 # The run enters the history in the same write, only if this end wins.
                 record = await self.store.transition(
                     process_id, expected, target, run=history(target), **fields
                 )
             except InvalidTransition as exc:
+                if resumed and exc.current in END_STATES:
+                    # An interrupted attempt's write went through: that end is this one.
+                    found = await _quiet_get(self.store, process_id)
+                    if found is not None and found.state in END_STATES:
+                        self._notify(found)
+                        return found
                 if not cancelled and exc.current in (S.CANCEL_REQUESTED, S.CANCELLING):
                     # A cancel arrived while the run was ending: end it as cancelled.
                     cancelled = True
@@ -546,7 +571,8 @@ class RunMixin:
         try:
             await run.done.wait()
         except asyncio.CancelledError:
-            run.task.cancel()
+            if not run.finishing:
+                run.task.cancel()
             await asyncio.wait({run.task}, timeout=self.cancel_grace + self.abandon_after)
             raise
         state = run.final_state or S.CANCELLED
