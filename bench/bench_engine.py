@@ -139,13 +139,16 @@ async def case_drain(args: argparse.Namespace) -> dict[str, Any]:
         await define(engine, ids, noop)
         engine.on_change.append(on_change)
         gc.collect()
+        c0 = time.process_time()
         t0 = time.monotonic()
         await asyncio.gather(*(engine.launch(pid) for pid in ids))
         t_launched = time.monotonic()
         await asyncio.wait_for(all_done.wait(), args.timeout)
         t1 = time.monotonic()
+        cpu = time.process_time() - c0
         await engine.shutdown()
     return {
+        "cpu_us_per_process": cpu / n * 1e6,
         "drain_per_s": n / (t1 - t0),
         "launch_per_s": n / (t_launched - t0),
         "start_to_start_per_s": (n - 1) / (max(starts) - min(starts)),

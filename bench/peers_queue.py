@@ -75,8 +75,8 @@ class Sink:
             seq, ts = line.split()
             self.starts[int(seq)] = float(ts)
 
-    async def wait_for(self, count: int, timeout: float, interval: float = 0.002) -> bool:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, count: int, seconds: float, interval: float = 0.002) -> bool:
+        deadline = time.monotonic() + seconds
         while True:
             self.poll()
             if len(self.starts) >= count:

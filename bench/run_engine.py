@@ -52,14 +52,18 @@ def cases(a: argparse.Namespace) -> list[Case]:
     drain = ("--n", n, "--concurrency", c)
     return [
         Case("tw-sqlite-drain", "taskwarden SQLite", False, ("drain", "--store", "sqlite", *drain)),
-        Case("tw-pg-drain", "taskwarden PostgreSQL", False, ("drain", "--store", "postgres", *drain)),
+        Case(
+            "tw-pg-drain", "taskwarden PostgreSQL", False, ("drain", "--store", "postgres", *drain)
+        ),
         Case(
             "procrastinate-drain",
             "procrastinate (PostgreSQL)",
             True,
             ("bench", "--peer", "procrastinate", "--case", "drain", *drain),
         ),
-        Case("saq-drain", "saq (Redis)", True, ("bench", "--peer", "saq", "--case", "drain", *drain)),
+        Case(
+            "saq-drain", "saq (Redis)", True, ("bench", "--peer", "saq", "--case", "drain", *drain)
+        ),
         Case("tw-sqlite-trickle", "taskwarden SQLite", False, ("trickle", "--store", "sqlite")),
         Case("tw-pg-trickle", "taskwarden PostgreSQL", False, ("trickle", "--store", "postgres")),
         Case(
@@ -84,7 +88,10 @@ def servers() -> Iterator[dict[str, str]]:
     """BENCH_PG_URL / BENCH_REDIS_URL from the environment, else throwaway servers."""
     env: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
-        for var, starter in (("BENCH_PG_URL", "throwaway_postgres"), ("BENCH_REDIS_URL", "throwaway_redis")):
+        for var, starter in (
+            ("BENCH_PG_URL", "throwaway_postgres"),
+            ("BENCH_REDIS_URL", "throwaway_redis"),
+        ):
             if os.environ.get(var):
                 env[var] = os.environ[var]
                 continue
@@ -135,7 +142,7 @@ def cell(rows: list[dict[str, Any]], key: str, metric: str, digits: int) -> str:
         return "-"
     text = f"{statistics.median(found):,.{digits}f}"
     if len(found) > 1:
-        text += f" ({min(found):,.{digits}f}–{max(found):,.{digits}f})"
+        text += f" ({min(found):,.{digits}f}-{max(found):,.{digits}f})"
     return text
 
 
@@ -155,11 +162,15 @@ def report(rows: list[dict[str, Any]], a: argparse.Namespace, env: dict[str, str
         "",
         f"taskwarden {revision()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"Python {platform.python_version()} ({platform.machine()}, {os.cpu_count()} CPUs), "
-        f"{a.repeats} repeats round-robin, medians (min–max). "
+        f"{a.repeats} repeats round-robin, medians (min-max). "
         f"procrastinate {first('procrastinate-drain', 'version')}, "
         f"saq {first('saq-drain', 'version')}.",
         "",
-        "PostgreSQL: " + server_note(env, "BENCH_PG_URL") + "; Redis: " + server_note(env, "BENCH_REDIS_URL") + ".",
+        "PostgreSQL: "
+        + server_note(env, "BENCH_PG_URL")
+        + "; Redis: "
+        + server_note(env, "BENCH_REDIS_URL")
+        + ".",
         "",
         f"## Drain: {a.n:,} no-op jobs, concurrency {a.concurrency}",
         "",
@@ -199,8 +210,8 @@ def report(rows: list[dict[str, Any]], a: argparse.Namespace, env: dict[str, str
         ("saq-trickle", "saq (Redis)"),
     ):
         out.append(
-            f"| {label} | {cell(rows, key, 'lat_p50_ms', 2)} | {cell(rows, key, 'lat_p99_ms', 2)} | "
-            f"{cell(rows, key, 'lat_mean_ms', 2)} |"
+            f"| {label} | {cell(rows, key, 'lat_p50_ms', 2)} | "
+            f"{cell(rows, key, 'lat_p99_ms', 2)} | {cell(rows, key, 'lat_mean_ms', 2)} |"
         )
     out += [
         "",
@@ -210,7 +221,8 @@ def report(rows: list[dict[str, Any]], a: argparse.Namespace, env: dict[str, str
         "",
         "## Progress: 1,000,000 `report_progress` calls, 10 processes at once",
         "",
-        "| store | cost of the calls s | ns/call | progress writes, peak per process in any 1 s | mean writes/s/process | run wall s |",
+        "| store | cost of the calls s | ns/call | progress writes, peak per process in any "
+        "1 s | mean writes/s/process | run wall s |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for key, label in (("tw-sqlite-progress", "SQLite"), ("tw-pg-progress", "PostgreSQL")):
@@ -255,7 +267,12 @@ def report(rows: list[dict[str, Any]], a: argparse.Namespace, env: dict[str, str
     for key, label in (("tw-sqlite-progress", "SQLite"), ("tw-pg-progress", "PostgreSQL")):
         cost = m(key, "cost_s")
         targets.append(
-            (f"{label}: 1,000,000 report_progress calls, s", cost, "< 1", None if cost is None else cost < 1)
+            (
+                f"{label}: 1,000,000 report_progress calls, s",
+                cost,
+                "< 1",
+                None if cost is None else cost < 1,
+            )
         )
         writes = m(key, "writes_per_s_per_proc")
         targets.append(
@@ -290,11 +307,15 @@ def revision() -> str:
     try:
         rev = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "(unknown revision)"
