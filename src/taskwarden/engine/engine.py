@@ -267,14 +267,14 @@ class Engine(RunMixin):
                 await self._cancel_run(run, "the engine is shutting down")
             force_window = min(1.0, deadline / 2)
             await self._wait_runs(runs, deadline - force_window)
-            left = [run for run in runs if not run.done.is_set()]
+            left = [run for run in runs if not run.ended]
             for run in left:
                 if run.task is not None and not run.finishing:
                     run.task.cancel("taskwarden: engine shutting down")
             await self._wait_runs(left, force_window)
             # Children started while their parents wound down are in _runs, not in `runs`.
             for run in [*left, *self._runs.values()]:
-                if not run.done.is_set():
+                if not run.ended:
                     await self._abandon(run, "it did not stop before the engine shut down")
             if self._aux:
                 await asyncio.wait(list(self._aux), timeout=force_window)
@@ -285,7 +285,7 @@ class Engine(RunMixin):
             self._stopped.set()
 
     async def _wait_runs(self, runs: list[_Run], seconds: float) -> None:
-        waits = [asyncio.ensure_future(run.done.wait()) for run in runs if not run.done.is_set()]
+        waits = [asyncio.ensure_future(run.done.wait()) for run in runs if not run.ended]
         if not waits:
             return
         try:

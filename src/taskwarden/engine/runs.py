@@ -15,7 +15,7 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -85,7 +85,9 @@ class _Run:
     task: asyncio.Task[None] | None = None
     scope: Cancelable | None = None
     progress: ProgressBuffer | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: bool = False
+    """True once the run is over (what :attr:`done` announces)."""
+    _done: asyncio.Event | None = None
     started: bool = False
     finished: bool = False
     abandoned: bool = False
@@ -101,9 +103,25 @@ class _Run:
     ``scheduled`` record once its bookkeeping is done, None if it failed)."""
     finishing: bool = False
     """Its end is being recorded: the engine no longer cancels its task."""
-    final_progress: dict[str, Any] = field(default_factory=dict)
+    final_progress: dict[str, Any] | None = None
     end_submitted: bool = False
     end_record: ProcessRecord | None = None
+
+    @property
+    def done(self) -> asyncio.Event:
+        """Set once the run is over; made on first use (most runs are never waited for)."""
+        event = self._done
+        if event is None:
+            event = self._done = asyncio.Event()
+            if self.ended:
+                event.set()
+        return event
+
+    def set_done(self) -> None:
+        """Mark the run over and wake whoever waits on :attr:`done`."""
+        self.ended = True
+        if self._done is not None:
+            self._done.set()
 
 
 def _error_text(exc: BaseException) -> str:
@@ -141,9 +159,12 @@ class RunMixin:
         parent: _Run | None = None,
         listener: Callable[[str, float | None, str | None], None] | None = None,
         launch: asyncio.Future[ProcessRecord | None] | None = None,
+        process_id: str | None = None,
     ) -> _Run:
+        if process_id is None:
+            process_id = record.process_id
         run = _Run(
-            process_id=record.process_id,
+            process_id=process_id,
             definition=definition,
             record=record,
             parent=parent,
@@ -151,11 +172,14 @@ class RunMixin:
             ephemeral=record.ephemeral,
             launch=launch,
         )
-        self._runs[record.process_id] = run
+        self._runs[process_id] = run
         if parent is None and self._max_concurrency is not None:
             if self._active_roots >= self._max_concurrency:
                 # No task until a slot frees: a backlog costs a queue entry, not a task.
                 run.waiting_for_slot = True
+                # Its record is read again only once it starts: a backlog of waiting runs
+                # should not hold thousands of records (collector work).
+                run.record = _NOT_STARTED
                 self._pending.append(run)
                 return run
             self._active_roots += 1
@@ -169,9 +193,7 @@ class RunMixin:
         the store instead of two). The run decides by its own start's outcome; see
         ``_start_with_launch``."""
         launch: asyncio.Future[ProcessRecord | None] = asyncio.get_running_loop().create_future()
-        run = self._start_run(
-            ProcessRecord(process_id=process_id, name=definition.name), definition, launch=launch
-        )
+        run = self._start_run(_NOT_STARTED, definition, launch=launch, process_id=process_id)
         try:
             scheduled = await self.store.transition(
                 process_id,
@@ -207,7 +229,7 @@ class RunMixin:
         run.finished = True
         if self._runs.get(run.process_id) is run:
             del self._runs[run.process_id]
-        run.done.set()
+        run.set_done()
         # The scope's on_cancel callback refers back to the run: without this cycle the
         # run's objects are freed now, not by a later full garbage collection.
         run.scope = None
@@ -238,7 +260,7 @@ class RunMixin:
         run.finished = True
         if self._runs.get(run.process_id) is run:
             del self._runs[run.process_id]
-        run.done.set()
+        run.set_done()
 
     # ------------------------------------------------------------------ running
     async def _execute(self, run: _Run) -> None:
@@ -251,7 +273,7 @@ class RunMixin:
                 run.final_state = current.state if current is not None else S.CANCELLED
             if self._runs.get(run.process_id) is run:
                 del self._runs[run.process_id]
-            run.done.set()
+            run.set_done()
 
     async def _execute_run(self, run: _Run) -> None:
         process_id = run.process_id
@@ -355,6 +377,8 @@ class RunMixin:
         process_id = run.process_id
         progress = run.progress
         final_progress = run.final_progress
+        if final_progress is None:
+            final_progress = run.final_progress = {}
         if run.end_record is not None:  # resumed after the end was written
             await self._after_terminal(run.end_record, run)
             return
@@ -583,7 +607,7 @@ class RunMixin:
         loop.call_later(self.cancel_grace + self.abandon_after, self._check_abandon, run)
 
     def _check_abandon(self, run: _Run) -> None:
-        if run.finished or run.abandoned or run.done.is_set():
+        if run.finished or run.abandoned or run.ended:
             return
         why = (
             "it ignored its cancellation and was still running "
@@ -592,7 +616,7 @@ class RunMixin:
         self._spawn(self._abandon(run, why))
 
     async def _abandon(self, run: _Run, why: str) -> None:
-        if run.abandoned or run.done.is_set():
+        if run.abandoned or run.ended:
             return
         run.abandoned = True
         run.waiting_for_slot = False  # never start it later
@@ -632,7 +656,7 @@ class RunMixin:
             )
         if self._runs.get(process_id) is run:
             del self._runs[process_id]
-        run.done.set()
+        run.set_done()
 
     # ------------------------------------------------------------------ plumbing
     def _notify(self, record: ProcessRecord) -> None:
@@ -662,6 +686,9 @@ class RunMixin:
         if exc is not None:
             logger.error("engine task %s failed", task.get_name(), exc_info=exc)
 
+
+_NOT_STARTED = ProcessRecord(process_id="(not started)", name="(not started)")
+"""The record of a run until its own start returns one (only ``running_since`` is read)."""
 
 _INACTIVE: frozenset[ProcessState] = frozenset(set(ProcessState) - ACTIVE_STATES)
 
