@@ -8,7 +8,6 @@ store on the same data, for reopen and multi-store races.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
@@ -16,7 +15,7 @@ import socket
 import sqlite3
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from taskwarden.stores.base import load_migrations
 from taskwarden.stores.memory import MemoryStore
 from taskwarden.stores.postgres import PostgresStore
 from taskwarden.stores.sqlite import SQLiteStore
+from tests.store_support import postgres_database  # noqa: F401 (a fixture, found by name)
 
 S = ProcessState
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
@@ -225,30 +225,6 @@ class PostgresBackend(Backend):
                 await conn.execute(f"DROP TABLE IF EXISTS {self.prefix}_{table}")
         finally:
             await conn.close()
-
-
-@pytest.fixture(scope="module")
-def postgres_database(postgres_server_url: str) -> Iterator[str]:
-    """A database created for this module on the test server, dropped afterwards."""
-    name = f"tw_store_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(postgres_server_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    def run(sql: str) -> None:
-        # First requested from inside a test's running loop: use a loop of our own.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, admin(sql)).result()
-
-    run(f"CREATE DATABASE {name}")
-    try:
-        yield postgres_server_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _postgres_backend(*, clock: FakeClock, request: pytest.FixtureRequest, **_: Any) -> Backend:

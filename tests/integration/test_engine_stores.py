@@ -6,13 +6,10 @@ Each engine opens its own store instance on the same URL, as separate OS process
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from taskwarden.engine import Engine, ProcessContext, TaskInstance
@@ -21,33 +18,11 @@ from taskwarden.processes import END_STATES, ProcessRecord, ProcessState
 from taskwarden.registry import OperationRegistry
 from taskwarden.stores import open_store
 from tests.engine_support import StateLog, definitions, task
+from tests.store_support import postgres_database  # noqa: F401 (a fixture, found by name)
 
 S = ProcessState
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(scope="module")
-def postgres_database(postgres_server_url: str) -> Iterator[str]:
-    """A database made for this module on the test server, dropped afterwards."""
-    name = f"tw_engine_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(postgres_server_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    def run(sql: str) -> None:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, admin(sql)).result()
-
-    run(f"CREATE DATABASE {name}")
-    try:
-        yield postgres_server_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(params=BACKENDS)
