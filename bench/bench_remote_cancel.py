@@ -522,8 +522,9 @@ def git_revision() -> str:
         return done.stdout.strip()
 
     rev = git("rev-parse", "--short", "HEAD") or "unknown"
-    if git("status", "--porcelain", "--", "src"):
-        rev += " (src/ had uncommitted changes)"
+    dirty = git("diff", "--name-only", "HEAD", "--", "src").split()
+    if dirty:
+        rev += f" (uncommitted changes in {', '.join(dirty)})"
     return rev
 
 
