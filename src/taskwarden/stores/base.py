@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, TypeVar
@@ -24,7 +24,6 @@ from taskwarden.processes import (
     END_STATES,
     RUNTIME_FIELDS,
     LogEntry,
-    LogLevel,
     ProcessRecord,
     ProcessState,
     can_transition,
@@ -46,15 +45,21 @@ __all__ = [
     "check_metadata_filter",
     "check_runtime_fields",
     "decode_dt",
+    "decode_log",
     "encode_dt",
+    "encode_log",
+    "field_encoder",
     "json_dumps",
+    "json_loads",
     "load_migrations",
     "log_from_json",
     "log_to_json",
     "metadata_matches",
     "parse_cursor",
+    "record_decoder",
     "retry_transient",
     "retry_transient_sync",
+    "run_decoder",
     "run_values",
     "state_filter",
     "table_names",
@@ -221,15 +226,165 @@ def log_to_json(entries: Iterable[LogEntry]) -> list[dict[str, Any]]:
 
 def log_from_json(items: Iterable[Mapping[str, Any]]) -> tuple[LogEntry, ...]:
     """Inverse of :func:`log_to_json`."""
+    return tuple(map(LogEntry.from_document, items))
+
+
+# -- row codecs: one piece for every SQL backend, parametrised by how it stores values ----
+
+_fromiso = datetime.fromisoformat
+_json_loads = json.loads
+
+
+def json_loads(text: str) -> Any:
+    """``json.loads`` with a fast path for the empty object and list."""
+    # Most params, metadata and logs are empty; skipping the decoder for them is a
+    # measurable share of a transition's cost.
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
+    return _json_loads(text)
+
+
+def decode_log(items: Iterable[Mapping[str, Any]]) -> tuple[LogEntry, ...]:
+    """A decoded ``log`` column as entries (levels kept as the stored strings)."""
+    if not items:
+        return ()
     return tuple(
         LogEntry(
-            timestamp=datetime.fromisoformat(item["timestamp"]),
-            level=LogLevel(item["level"]),
+            timestamp=_fromiso(item["timestamp"]),
+            level=item["level"],
             message=item["message"],
             data=item.get("data"),
         )
         for item in items
     )
+
+
+def encode_log(entries: Any) -> str:
+    """A log (entries) as the JSON text every backend stores."""
+    return json_dumps(log_to_json(entries), "log data") if entries else "[]"
+
+
+def _json_encoder(field: str) -> Callable[[Any], str]:
+    def encode(value: Any) -> str:
+        if not value and isinstance(value, dict):
+            return "{}"
+        return json_dumps(value, field)
+
+    return encode
+
+
+def field_encoder(
+    *, time: Callable[[datetime], Any], boolean: Callable[[Any], Any]
+) -> Callable[[str, Any], Any]:
+    """``encode_field(field, value)``: a process field's value as a backend stores it.
+
+    JSON fields become compact JSON text, the state its value, None stays None; ``time``
+    and ``boolean`` encode datetimes and booleans, the rest passes unchanged.
+    """
+    encoders: dict[str, Callable[[Any], Any]] = {
+        **dict.fromkeys(TIME_FIELDS, time),
+        **{field: _json_encoder(field) for field in JSON_FIELDS},
+        **dict.fromkeys(BOOL_FIELDS, boolean),
+        "log": encode_log,
+        "state": lambda value: ProcessState(value).value,
+    }
+    get = encoders.get
+
+    def encode_field(field: str, value: Any) -> Any:
+        if value is None:
+            return None
+        encode = get(field)
+        return value if encode is None else encode(value)
+
+    return encode_field
+
+
+def record_decoder(
+    *,
+    json: Callable[[Any], Any],
+    boolean: Callable[[Any], bool],
+    time: Callable[[Any], datetime | None],
+    required_time: Callable[[Any], datetime],
+    log: Callable[[Any], tuple[LogEntry, ...]],
+) -> Callable[[Sequence[Any]], ProcessRecord]:
+    """``record_from_row(row)``: a row in PROCESS_COLUMNS order as a record.
+
+    The arguments decode what the backend stores: JSON columns, booleans, nullable and
+    required times, and the log.
+    """
+
+    def record_from_row(row: Sequence[Any]) -> ProcessRecord:
+        return ProcessRecord(
+            process_id=row[0],
+            name=row[1],
+            description=row[2],
+            params=json(row[3]),
+            metadata=json(row[4]),
+            parent_id=row[5],
+            root_id=row[6],
+            depth=row[7],
+            order=row[8],
+            cancellable=boolean(row[9]),
+            adhoc=boolean(row[10]),
+            ephemeral=boolean(row[11]),
+            special=boolean(row[12]),
+            warning=row[13],
+            schedule=row[14],
+            state=ProcessState(row[15]),
+            error=row[16],
+            running_since=time(row[17]),
+            done_at=time(row[18]),
+            duration=row[19],
+            failed_at=time(row[20]),
+            stopped_at=time(row[21]),
+            progress_percent=row[22],
+            progress_message=row[23],
+            log=log(row[24]),
+            created_at=required_time(row[25]),
+            run_number=row[26],
+            lease_owner=row[27],
+            lease_expires_at=time(row[28]),
+            last_cron_tick=time(row[29]),
+            updated_at=required_time(row[30]),
+            resumable=boolean(row[31]),
+        )
+
+    return record_from_row
+
+
+def run_decoder(
+    *,
+    json: Callable[[Any], Any],
+    time: Callable[[Any], datetime | None],
+    required_time: Callable[[Any], datetime],
+) -> Callable[[Sequence[Any]], RunRecord]:
+    """``run_from_row(row)``: a row in RUN_COLUMNS order as a run record (see
+    :func:`record_decoder` for the arguments)."""
+
+    def run_from_row(row: Sequence[Any]) -> RunRecord:
+        return RunRecord(
+            index=row[0],
+            operation_id=row[1],
+            name=row[2],
+            kind=row[3],
+            status=OperationStatus(row[4]),
+            started_at=required_time(row[5]),
+            ended_at=time(row[6]),
+            duration=row[7],
+            result=row[8],
+            error=row[9],
+            traceback=row[10],
+            cancel_reason=None if row[11] is None else CancelationReason(row[11]),
+            cancel_message=row[12],
+            parent_id=row[13],
+            metadata=json(row[14]),
+            process_id=row[15],
+            run_number=row[16],
+        )
+
+    return run_from_row
 
 
 # -- argument checks ----------------------------------------------------------------------

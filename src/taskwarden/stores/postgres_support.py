@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from taskwarden.model import CancelationReason, OperationStatus, RunRecord
-from taskwarden.processes import ACTIVE_STATES, LogEntry, ProcessRecord, ProcessState
+from taskwarden.processes import ACTIVE_STATES, ProcessState
 from taskwarden.stores.base import (
-    BOOL_FIELDS,
-    JSON_FIELDS,
     PROCESS_COLUMNS,
-    TIME_FIELDS,
-    json_dumps,
-    log_to_json,
+    decode_log,
+    field_encoder,
+    json_loads,
+    record_decoder,
+    run_decoder,
     to_utc,
 )
 
@@ -34,8 +31,6 @@ __all__ = [
     "init_connection",
     "is_transient",
     "keep_session",
-    "loads",
-    "log_from_items",
     "record_from_row",
     "row_count",
     "run_from_row",
@@ -66,8 +61,6 @@ RUN_TYPES = (
 
 ACTIVE = sorted(state.value for state in ACTIVE_STATES)
 """The active states' values, as a query argument."""
-
-_json_loads = json.loads
 
 TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.SerializationError,
@@ -117,119 +110,20 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT)
 
 
-def loads(text: str) -> Any:
-    """``json.loads`` with a fast path for the empty object and list."""
-    if text == "{}":
-        return {}
-    if text == "[]":
-        return []
-    return _json_loads(text)
+def _same(value: Any) -> Any:
+    return value
 
 
-def log_from_items(items: list[dict[str, Any]]) -> tuple[LogEntry, ...]:
-    """A decoded ``log`` column as entries."""
-    if not items:
-        return ()
-    return tuple(
-        LogEntry(
-            timestamp=datetime.fromisoformat(item["timestamp"]),
-            level=item["level"],
-            message=item["message"],
-            data=item.get("data"),
-        )
-        for item in items
-    )
+record_from_row = record_decoder(
+    json=_same, boolean=bool, time=_same, required_time=_same, log=decode_log
+)
+"""A row in PROCESS_COLUMNS order as a record (asyncpg decoded the values already)."""
 
+encode_field = field_encoder(time=to_utc, boolean=bool)
+"""One field's value as asyncpg sends it (JSON as text, times as aware UTC)."""
 
-def record_from_row(row: Sequence[Any]) -> ProcessRecord:
-    """A row in PROCESS_COLUMNS order as a record."""
-    return ProcessRecord(
-        process_id=row[0],
-        name=row[1],
-        description=row[2],
-        params=row[3],
-        metadata=row[4],
-        parent_id=row[5],
-        root_id=row[6],
-        depth=row[7],
-        order=row[8],
-        cancellable=row[9],
-        adhoc=row[10],
-        ephemeral=row[11],
-        special=row[12],
-        warning=row[13],
-        schedule=row[14],
-        state=ProcessState(row[15]),
-        error=row[16],
-        running_since=row[17],
-        done_at=row[18],
-        duration=row[19],
-        failed_at=row[20],
-        stopped_at=row[21],
-        progress_percent=row[22],
-        progress_message=row[23],
-        log=log_from_items(row[24]),
-        created_at=row[25],
-        run_number=row[26],
-        lease_owner=row[27],
-        lease_expires_at=row[28],
-        last_cron_tick=row[29],
-        updated_at=row[30],
-        resumable=row[31],
-    )
-
-
-def _encode_log(value: Any) -> str:
-    return json_dumps(log_to_json(value), "log data") if value else "[]"
-
-
-def _json_encoder(field: str) -> Callable[[Any], str]:
-    def encode(value: Any) -> str:
-        if not value and isinstance(value, dict):
-            return "{}"
-        return json_dumps(value, field)
-
-    return encode
-
-
-_ENCODERS: dict[str, Callable[[Any], Any]] = {
-    **dict.fromkeys(TIME_FIELDS, to_utc),
-    **{field: _json_encoder(field) for field in JSON_FIELDS},
-    **dict.fromkeys(BOOL_FIELDS, bool),
-    "log": _encode_log,
-    "state": lambda value: ProcessState(value).value,
-}
-
-
-def encode_field(field: str, value: Any) -> Any:
-    """One field's value as asyncpg sends it (JSON as text, times as aware UTC)."""
-    if value is None:
-        return None
-    encode = _ENCODERS.get(field)
-    return value if encode is None else encode(value)
-
-
-def run_from_row(row: Sequence[Any]) -> RunRecord:
-    """A row in RUN_COLUMNS order as a run record."""
-    return RunRecord(
-        index=row[0],
-        operation_id=row[1],
-        name=row[2],
-        kind=row[3],
-        status=OperationStatus(row[4]),
-        started_at=row[5],
-        ended_at=row[6],
-        duration=row[7],
-        result=row[8],
-        error=row[9],
-        traceback=row[10],
-        cancel_reason=None if row[11] is None else CancelationReason(row[11]),
-        cancel_message=row[12],
-        parent_id=row[13],
-        metadata=row[14],
-        process_id=row[15],
-        run_number=row[16],
-    )
+run_from_row = run_decoder(json=_same, time=_same, required_time=_same)
+"""A row in RUN_COLUMNS order as a run record."""
 
 
 def row_count(status: str) -> int:
@@ -243,7 +137,7 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     # same way on every backend); decoding gives plain dicts and lists.
     for type_name in ("jsonb", "json"):
         await conn.set_type_codec(
-            type_name, encoder=str, decoder=loads, schema="pg_catalog", format="text"
+            type_name, encoder=str, decoder=json_loads, schema="pg_catalog", format="text"
         )
 
 

@@ -42,6 +42,7 @@ from taskwarden.stores.base import (
     check_runtime_fields,
     encode_dt,
     json_dumps,
+    json_loads,
     load_migrations,
     log_to_json,
     parse_cursor,
@@ -59,7 +60,6 @@ from taskwarden.stores.sqlite_support import (
     chunks,
     encode_field,
     is_transient,
-    loads,
     placeholders,
     record_from_row,
     run_from_row,
@@ -532,7 +532,7 @@ class SQLiteStore(Store):
             # Splice the JSON texts: no need to parse a log that stays within bounds.
             log = new_log if count == 0 else f"{old[:-1]},{new_log[1:]}"
         else:
-            merged = (loads(old) + loads(new_log))[-max_log:]
+            merged = (json_loads(old) + json_loads(new_log))[-max_log:]
             log = json_dumps(merged, "log data")
         conn.execute(
             f"UPDATE {self._t} SET progress_percent = ?, progress_message = ?, log = ?, "

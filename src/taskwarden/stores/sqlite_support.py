@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import queue
 import sqlite3
@@ -23,16 +22,15 @@ from datetime import datetime
 from typing import Any, Final
 
 from taskwarden.errors import StoreError, TaskwardenError
-from taskwarden.model import CancelationReason, OperationStatus, RunRecord
-from taskwarden.processes import LogEntry, ProcessRecord, ProcessState
+from taskwarden.processes import LogEntry
 from taskwarden.stores.base import (
-    BOOL_FIELDS,
-    JSON_FIELDS,
-    TIME_FIELDS,
+    decode_log,
     encode_dt,
-    json_dumps,
-    log_to_json,
+    field_encoder,
+    json_loads,
+    record_decoder,
     retry_transient_sync,
+    run_decoder,
 )
 
 __all__ = [
@@ -47,7 +45,6 @@ __all__ = [
     "dt",
     "encode_field",
     "is_transient",
-    "loads",
     "log_from_text",
     "placeholders",
     "record_from_row",
@@ -71,18 +68,6 @@ MAX_PARAMS = 500
 Outcome = tuple["Job", Any, BaseException | None]
 
 _fromiso = datetime.fromisoformat
-_json_loads = json.loads
-
-
-def loads(text: str) -> Any:
-    """``json.loads`` with a fast path for the empty object and list."""
-    # Most params, metadata and logs are empty; skipping the decoder for them is a
-    # measurable share of a transition's cost.
-    if text == "{}":
-        return {}
-    if text == "[]":
-        return []
-    return _json_loads(text)
 
 
 def dt(value: str | None) -> datetime | None:
@@ -92,108 +77,19 @@ def dt(value: str | None) -> datetime | None:
 
 def log_from_text(text: str) -> tuple[LogEntry, ...]:
     """A stored log (JSON text) as entries."""
-    if text == "[]":
-        return ()
-    return tuple(
-        LogEntry(
-            timestamp=_fromiso(item["timestamp"]),
-            level=item["level"],
-            message=item["message"],
-            data=item.get("data"),
-        )
-        for item in loads(text)
-    )
+    return () if text == "[]" else decode_log(json_loads(text))
 
 
-def record_from_row(row: Sequence[Any]) -> ProcessRecord:
-    """A row in PROCESS_COLUMNS order as a record."""
-    return ProcessRecord(
-        process_id=row[0],
-        name=row[1],
-        description=row[2],
-        params=loads(row[3]),
-        metadata=loads(row[4]),
-        parent_id=row[5],
-        root_id=row[6],
-        depth=row[7],
-        order=row[8],
-        cancellable=bool(row[9]),
-        adhoc=bool(row[10]),
-        ephemeral=bool(row[11]),
-        special=bool(row[12]),
-        warning=row[13],
-        schedule=row[14],
-        state=ProcessState(row[15]),
-        error=row[16],
-        running_since=dt(row[17]),
-        done_at=dt(row[18]),
-        duration=row[19],
-        failed_at=dt(row[20]),
-        stopped_at=dt(row[21]),
-        progress_percent=row[22],
-        progress_message=row[23],
-        log=log_from_text(row[24]),
-        created_at=_fromiso(row[25]),
-        run_number=row[26],
-        lease_owner=row[27],
-        lease_expires_at=dt(row[28]),
-        last_cron_tick=dt(row[29]),
-        updated_at=_fromiso(row[30]),
-        resumable=bool(row[31]),
-    )
+record_from_row = record_decoder(
+    json=json_loads, boolean=bool, time=dt, required_time=_fromiso, log=log_from_text
+)
+"""A row in PROCESS_COLUMNS order as a record."""
 
+encode_field = field_encoder(time=encode_dt, boolean=lambda value: 1 if value else 0)
+"""One field's value as SQLite stores it."""
 
-def _encode_log(value: Any) -> str:
-    return json_dumps(log_to_json(value), "log data") if value else "[]"
-
-
-def _json_encoder(field: str) -> Callable[[Any], str]:
-    def encode(value: Any) -> str:
-        if not value and isinstance(value, dict):
-            return "{}"
-        return json_dumps(value, field)
-
-    return encode
-
-
-_ENCODERS: dict[str, Callable[[Any], Any]] = {
-    **dict.fromkeys(TIME_FIELDS, encode_dt),
-    **{field: _json_encoder(field) for field in JSON_FIELDS},
-    **dict.fromkeys(BOOL_FIELDS, lambda value: 1 if value else 0),
-    "log": _encode_log,
-    "state": lambda value: ProcessState(value).value,
-}
-
-
-def encode_field(field: str, value: Any) -> Any:
-    """One field's value as SQLite stores it."""
-    if value is None:
-        return None
-    encode = _ENCODERS.get(field)
-    return value if encode is None else encode(value)
-
-
-def run_from_row(row: Sequence[Any]) -> RunRecord:
-    """A row in RUN_COLUMNS order as a run record."""
-    return RunRecord(
-        index=row[0],
-        operation_id=row[1],
-        name=row[2],
-        kind=row[3],
-        status=OperationStatus(row[4]),
-        started_at=_fromiso(row[5]),
-        ended_at=dt(row[6]),
-        duration=row[7],
-        result=row[8],
-        error=row[9],
-        traceback=row[10],
-        cancel_reason=None if row[11] is None else CancelationReason(row[11]),
-        cancel_message=row[12],
-        parent_id=row[13],
-        metadata=loads(row[14]),
-        process_id=row[15],
-        run_number=row[16],
-    )
+run_from_row = run_decoder(json=json_loads, time=dt, required_time=_fromiso)
+"""A row in RUN_COLUMNS order as a run record."""
 
 
 def is_transient(exc: BaseException) -> bool:
