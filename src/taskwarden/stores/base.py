@@ -39,6 +39,7 @@ __all__ = [
     "RUN_COLUMNS",
     "RUN_FIELDS",
     "TIME_FIELDS",
+    "SqlWhere",
     "check_definition_fields",
     "check_edges",
     "check_limit",
@@ -49,8 +50,11 @@ __all__ = [
     "encode_dt",
     "encode_log",
     "field_encoder",
+    "history_statement",
     "json_dumps",
     "json_loads",
+    "list_filters",
+    "list_statement",
     "load_migrations",
     "log_from_json",
     "log_to_json",
@@ -515,6 +519,106 @@ def check_limit(limit: int | None) -> None:
     """Refuse a negative limit (ConfigurationError)."""
     if limit is not None and limit < 0:
         raise ConfigurationError(f"limit must be None or >= 0, not {limit!r}")
+
+
+def list_filters(
+    state: ProcessState | Collection[ProcessState] | None,
+    metadata: Mapping[str, Any] | None,
+    limit: int | None,
+    cursor: str | None,
+) -> tuple[frozenset[ProcessState] | None, dict[str, Any], tuple[int, int, str] | None]:
+    """Check ``list()``'s arguments: ``(states, metadata filter, keyset position)``.
+
+    See :func:`state_filter`, :func:`check_metadata_filter`, :func:`parse_cursor` and
+    :func:`check_limit` for what each refuses.
+    """
+    states = state_filter(state)
+    wanted = check_metadata_filter(metadata)
+    after = parse_cursor(cursor)
+    check_limit(limit)
+    return states, wanted, after
+
+
+# -- SQL statements -----------------------------------------------------------------------
+
+
+class SqlWhere:
+    """The WHERE clauses of one SQL statement and their arguments.
+
+    ``numbered`` picks PostgreSQL's placeholders (``$1``, ``$2``...) over SQLite's ``?``;
+    either way the arguments are in the order the placeholders appear.
+    """
+
+    __slots__ = ("args", "clauses", "numbered")
+
+    def __init__(self, *, numbered: bool) -> None:
+        self.numbered = numbered
+        self.clauses: list[str] = []
+        self.args: list[Any] = []
+
+    def arg(self, value: Any) -> str:
+        """Add an argument; return its placeholder."""
+        self.args.append(value)
+        return f"${len(self.args)}" if self.numbered else "?"
+
+    def add(self, clause: str) -> None:
+        """Add a clause (all are joined with AND)."""
+        self.clauses.append(clause)
+
+    def equal(self, column: str, value: Any, operator: str = "=") -> None:
+        """Add ``column <operator> value`` unless ``value`` is None (no filter then)."""
+        if value is not None:
+            self.clauses.append(f"{column} {operator} {self.arg(value)}")
+
+    def statement(self, head: str, order_by: str, limit: int | None) -> str:
+        """``head``, then the clauses, ``ORDER BY order_by`` and the limit if any."""
+        sql = head
+        if self.clauses:
+            sql += " WHERE " + " AND ".join(self.clauses)
+        sql += f" ORDER BY {order_by}"
+        if limit is not None:
+            sql += f" LIMIT {self.arg(limit)}"
+        return sql
+
+
+def list_statement(
+    where: SqlWhere,
+    head: str,
+    *,
+    root_id: str | None,
+    parent_id: str | None,
+    after: tuple[int, int, str] | None,
+    limit: int | None,
+) -> str:
+    """Finish a ``list()`` query on ``where`` (which holds the backend's own state and
+    metadata clauses): the tree filters, the keyset position, the order and the limit."""
+    where.equal("root_id", root_id)
+    where.equal("parent_id", parent_id)
+    if after is not None:
+        depth, order, last_id = (where.arg(value) for value in after)
+        where.add(f"(depth, sort_order, process_id) > ({depth}, {order}, {last_id})")
+    return where.statement(head, "depth, sort_order, process_id", limit)
+
+
+def history_statement(
+    where: SqlWhere,
+    runs_table: str,
+    *,
+    process_id: str | None,
+    name: str | None,
+    status: OperationStatus | None,
+    since: datetime | None,
+    limit: int | None,
+    encode_time: Callable[[datetime], Any],
+) -> str:
+    """The ``query_history()`` query, newest first (ConfigurationError for a bad limit);
+    ``encode_time`` encodes ``since`` for the backend."""
+    check_limit(limit)
+    where.equal("process_id", process_id)
+    where.equal("name", name)
+    where.equal("status", None if status is None else OperationStatus(status).value)
+    where.equal("started_at", None if since is None else encode_time(since), ">=")
+    return where.statement(f"SELECT {', '.join(RUN_COLUMNS)} FROM {runs_table}", "idx DESC", limit)
 
 
 # -- transient errors ---------------------------------------------------------------------

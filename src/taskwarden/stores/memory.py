@@ -26,12 +26,10 @@ from taskwarden.stores.base import (
     check_definition_fields,
     check_edges,
     check_limit,
-    check_metadata_filter,
     check_runtime_fields,
     json_dumps,
+    list_filters,
     metadata_matches,
-    parse_cursor,
-    state_filter,
     to_utc,
     transition_defaults,
 )
@@ -169,10 +167,7 @@ class MemoryStore(Store):
     ) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.list`."""
         self._check_open()
-        states = state_filter(state)
-        wanted = check_metadata_filter(metadata)
-        after = parse_cursor(cursor)
-        check_limit(limit)
+        states, wanted, after = list_filters(state, metadata, limit, cursor)
         found = [
             record
             for record in self._records.values()

@@ -33,18 +33,18 @@ from taskwarden.processes import LogEntry, ProcessRecord, ProcessState
 from taskwarden.stores.base import (
     PROCESS_COLUMNS,
     RUN_COLUMNS,
+    SqlWhere,
     check_definition_fields,
     check_edges,
-    check_limit,
-    check_metadata_filter,
     check_runtime_fields,
+    history_statement,
     json_dumps,
+    list_filters,
+    list_statement,
     load_migrations,
     log_to_json,
-    parse_cursor,
     retry_transient,
     run_values,
-    state_filter,
     table_names,
     to_utc,
     transition_defaults,
@@ -267,39 +267,24 @@ class PostgresStore(Store):
         cursor: str | None = None,
     ) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.list`."""
-        states = state_filter(state)
-        wanted = check_metadata_filter(metadata)
-        after = parse_cursor(cursor)
-        check_limit(limit)
-        where: builtins.list[str] = []
-        args: builtins.list[Any] = []
-
-        def arg(value: Any) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
+        states, wanted, after = list_filters(state, metadata, limit, cursor)
+        where = SqlWhere(numbered=True)
         if states is not None:
             if not states:
                 return []
-            where.append(f"state = ANY({arg(sorted(s.value for s in states))}::text[])")
-        if root_id is not None:
-            where.append(f"root_id = {arg(root_id)}")
-        if parent_id is not None:
-            where.append(f"parent_id = {arg(parent_id)}")
+            where.add(f"state = ANY({where.arg(sorted(s.value for s in states))}::text[])")
         for key, value in wanted.items():
-            where.append(f"metadata @> {arg(json_dumps({key: value}, 'metadata filter'))}::jsonb")
-        if after is not None:
-            depth, order, last_id = after
-            where.append(
-                f"(depth, sort_order, process_id) > ({arg(depth)}, {arg(order)}, {arg(last_id)})"
-            )
-        sql = f"SELECT {COLS} FROM {self._t}"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY depth, sort_order, process_id"
-        if limit is not None:
-            sql += f" LIMIT {arg(limit)}"
-        return await self._fetch_records(sql, *args)
+            filter_json = json_dumps({key: value}, "metadata filter")
+            where.add(f"metadata @> {where.arg(filter_json)}::jsonb")
+        sql = list_statement(
+            where,
+            f"SELECT {COLS} FROM {self._t}",
+            root_id=root_id,
+            parent_id=parent_id,
+            after=after,
+            limit=limit,
+        )
+        return await self._fetch_records(sql, *where.args)
 
     async def children(self, process_id: str) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.children`."""
@@ -775,25 +760,18 @@ class PostgresStore(Store):
         limit: int | None = None,
     ) -> builtins.list[RunRecord]:
         """See :meth:`Store.query_history`."""
-        check_limit(limit)
-        where: builtins.list[str] = []
-        args: builtins.list[Any] = []
-        for column, value in (
-            ("process_id", process_id),
-            ("name", name),
-            ("status", None if status is None else OperationStatus(status).value),
-            ("started_at", None if since is None else to_utc(since)),
-        ):
-            if value is not None:
-                args.append(value)
-                where.append(f"{column} {'>=' if column == 'started_at' else '='} ${len(args)}")
-        sql = f"SELECT {', '.join(RUN_COLUMNS)} FROM {self._runs}"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY idx DESC"
-        if limit is not None:
-            args.append(limit)
-            sql += f" LIMIT ${len(args)}"
+        where = SqlWhere(numbered=True)
+        sql = history_statement(
+            where,
+            self._runs,
+            process_id=process_id,
+            name=name,
+            status=status,
+            since=since,
+            limit=limit,
+            encode_time=to_utc,
+        )
+        args = where.args
 
         async def op(conn: asyncpg.Connection) -> builtins.list[RunRecord]:
             return [run_from_row(row) for row in await conn.fetch(sql, *args)]

@@ -35,20 +35,20 @@ from taskwarden.processes import ACTIVE_STATES, LogEntry, ProcessRecord, Process
 from taskwarden.stores.base import (
     PROCESS_COLUMNS,
     RUN_COLUMNS,
+    SqlWhere,
     check_definition_fields,
     check_edges,
-    check_limit,
-    check_metadata_filter,
     check_runtime_fields,
     encode_dt,
+    history_statement,
     json_dumps,
     json_loads,
+    list_filters,
+    list_statement,
     load_migrations,
     log_to_json,
-    parse_cursor,
     retry_transient_sync,
     run_values,
-    state_filter,
     table_names,
     transition_defaults,
 )
@@ -288,23 +288,13 @@ class SQLiteStore(Store):
         cursor: str | None = None,
     ) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.list`."""
-        states = state_filter(state)
-        wanted = check_metadata_filter(metadata)
-        after = parse_cursor(cursor)
-        check_limit(limit)
-        where: builtins.list[str] = []
-        args: builtins.list[Any] = []
+        states, wanted, after = list_filters(state, metadata, limit, cursor)
+        where = SqlWhere(numbered=False)
         if states is not None:
             if not states:
                 return []
-            where.append(f"state IN ({placeholders(len(states))})")
-            args.extend(sorted(s.value for s in states))
-        if root_id is not None:
-            where.append("root_id = ?")
-            args.append(root_id)
-        if parent_id is not None:
-            where.append("parent_id = ?")
-            args.append(parent_id)
+            values = sorted(s.value for s in states)
+            where.add(f"state IN ({', '.join(map(where.arg, values))})")
         for key, value in wanted.items():
             if isinstance(value, bool):
                 kinds, value = "('true')" if value else "('false')", None
@@ -312,25 +302,23 @@ class SQLiteStore(Store):
                 kinds = "('integer', 'real')"
             else:
                 kinds = "('text')"
-            test = "" if value is None else " AND value = ?"
-            where.append(
+            key_arg = where.arg(key)  # the key's placeholder comes before the value's
+            test = "" if value is None else f" AND value = {where.arg(value)}"
+            where.add(
                 f"EXISTS (SELECT 1 FROM json_each({self._t}.metadata) "
-                f"WHERE key = ? AND type IN {kinds}{test})"
+                f"WHERE key = {key_arg} AND type IN {kinds}{test})"
             )
-            args.append(key)
-            if value is not None:
-                args.append(value)
-        if after is not None:
-            where.append("(depth, sort_order, process_id) > (?, ?, ?)")
-            args.extend(after)
-        sql = f"SELECT {_COLS} FROM {self._t}"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY depth, sort_order, process_id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        result: builtins.list[ProcessRecord] = await self._submit(READ, self._select, sql, args)
+        sql = list_statement(
+            where,
+            f"SELECT {_COLS} FROM {self._t}",
+            root_id=root_id,
+            parent_id=parent_id,
+            after=after,
+            limit=limit,
+        )
+        result: builtins.list[ProcessRecord] = await self._submit(
+            READ, self._select, sql, where.args
+        )
         return result
 
     def _select(
@@ -680,28 +668,18 @@ class SQLiteStore(Store):
         limit: int | None = None,
     ) -> builtins.list[RunRecord]:
         """See :meth:`Store.query_history`."""
-        check_limit(limit)
-        where: builtins.list[str] = []
-        args: builtins.list[Any] = []
-        for column, value in (
-            ("process_id", process_id),
-            ("name", name),
-            ("status", None if status is None else OperationStatus(status).value),
-        ):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if since is not None:
-            where.append("started_at >= ?")
-            args.append(encode_dt(since))
-        sql = f"SELECT {', '.join(RUN_COLUMNS)} FROM {self._runs}"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY idx DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        result: builtins.list[RunRecord] = await self._submit(READ, self._history, sql, args)
+        where = SqlWhere(numbered=False)
+        sql = history_statement(
+            where,
+            self._runs,
+            process_id=process_id,
+            name=name,
+            status=status,
+            since=since,
+            limit=limit,
+            encode_time=encode_dt,
+        )
+        result: builtins.list[RunRecord] = await self._submit(READ, self._history, sql, where.args)
         return result
 
     def _history(
