@@ -17,7 +17,12 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, TypeVar
 
-from taskwarden.errors import ConfigurationError, InvalidDefinition, InvalidTransition
+from taskwarden.errors import (
+    ConfigurationError,
+    InvalidDefinition,
+    InvalidTransition,
+    StoreError,
+)
 from taskwarden.model import CancelationReason, OperationStatus, RunRecord
 from taskwarden.processes import (
     DEFINITION_FIELDS,
@@ -47,6 +52,7 @@ __all__ = [
     "check_runtime_fields",
     "decode_dt",
     "decode_log",
+    "duplicate_process",
     "encode_dt",
     "encode_log",
     "field_encoder",
@@ -66,8 +72,10 @@ __all__ = [
     "run_decoder",
     "run_values",
     "state_filter",
+    "store_not_open",
     "table_names",
     "transition_defaults",
+    "transition_refused",
 ]
 
 logger = logging.getLogger("taskwarden.stores")
@@ -396,22 +404,67 @@ def run_decoder(
 
 def check_definition_fields(fields: Mapping[str, Any]) -> None:
     """Refuse anything but definition fields (InvalidDefinition)."""
-    unknown = set(fields) - DEFINITION_FIELDS
-    if unknown:
-        raise InvalidDefinition(
-            f"update_definition cannot change {sorted(unknown)}: only definition fields "
-            f"{sorted(DEFINITION_FIELDS)} (runtime state changes through transition())"
+    if not fields.keys() <= DEFINITION_FIELDS:
+        raise _field_refusal(
+            "update_definition cannot change",
+            fields,
+            "definition",
+            DEFINITION_FIELDS,
+            "runtime state changes through transition()",
         )
 
 
 def check_runtime_fields(fields: Mapping[str, Any]) -> None:
     """Refuse anything but runtime fields in a transition (InvalidDefinition)."""
-    unknown = set(fields) - RUNTIME_FIELDS
-    if unknown:
-        raise InvalidDefinition(
-            f"transition cannot set {sorted(unknown)}: only runtime fields "
-            f"{sorted(RUNTIME_FIELDS)} (definitions change through update_definition())"
+    if not fields.keys() <= RUNTIME_FIELDS:
+        raise _field_refusal(
+            "transition cannot set",
+            fields,
+            "runtime",
+            RUNTIME_FIELDS,
+            "definitions change through update_definition()",
         )
+
+
+def _field_refusal(
+    refusal: str, fields: Mapping[str, Any], kind: str, allowed: frozenset[str], instead: str
+) -> InvalidDefinition:
+    return InvalidDefinition(
+        f"{refusal} {sorted(set(fields) - allowed)}: only {kind} fields {sorted(allowed)} "
+        f"({instead})"
+    )
+
+
+def store_not_open() -> StoreError:
+    """The error of a verb called on a store that is not open."""
+    return StoreError("the store is not open: call await store.open() or use async with")
+
+
+def duplicate_process(process_id: str) -> InvalidDefinition:
+    """The error of ``create()`` for an id that is taken."""
+    return InvalidDefinition(
+        f"a process with id {process_id!r} exists: pick another id, or update_definition() it"
+    )
+
+
+def transition_refused(
+    process_id: str,
+    state: str,
+    target: str,
+    expected_owner: str | None,
+    lease_owner: str | None,
+) -> InvalidTransition:
+    """Why a compare-and-set on a record in ``state`` lost: the lease is someone else's
+    (when an owner was expected), or else the state is not an expected one."""
+    if expected_owner is not None and lease_owner != expected_owner:
+        return InvalidTransition(
+            process_id,
+            state,
+            target,
+            f"process {process_id!r} is leased by {lease_owner!r}, not {expected_owner!r}: "
+            "its lease was lost",
+        )
+    return InvalidTransition(process_id, state, target)
 
 
 _valid_edges: dict[tuple[Any, ...], frozenset[ProcessState]] = {}

@@ -19,33 +19,31 @@ from typing import Any
 
 from taskwarden.abc import Store
 from taskwarden.clock import Clock, SystemClock
-from taskwarden.errors import InvalidDefinition, InvalidTransition, ProcessNotFound, StoreError
+from taskwarden.errors import InvalidTransition, ProcessNotFound
 from taskwarden.model import OperationStatus, RunRecord
 from taskwarden.processes import ACTIVE_STATES, LogEntry, ProcessRecord, ProcessState
 from taskwarden.stores.base import (
+    PROCESS_FIELDS,
+    TIME_FIELDS,
     check_definition_fields,
     check_edges,
     check_limit,
     check_runtime_fields,
+    duplicate_process,
     json_dumps,
     list_filters,
     metadata_matches,
+    store_not_open,
     to_utc,
     transition_defaults,
+    transition_refused,
 )
 
 __all__ = ["MemoryStore"]
 
 
-_TIME_FIELDS = (
-    "running_since",
-    "done_at",
-    "failed_at",
-    "stopped_at",
-    "created_at",
-    "lease_expires_at",
-    "last_cron_tick",
-)
+# In field order; updated_at is the store's own.
+_TIME_FIELDS = tuple(f for f in PROCESS_FIELDS if f in TIME_FIELDS and f != "updated_at")
 
 
 def _copy_json(value: Any, what: str) -> Any:
@@ -94,7 +92,7 @@ class MemoryStore(Store):
 
     def _check_open(self) -> None:
         if not self._open:
-            raise StoreError("the store is not open: call await store.open() or use async with")
+            raise store_not_open()
 
     def _require(self, process_id: str) -> ProcessRecord:
         record = self._records.get(process_id)
@@ -117,10 +115,7 @@ class MemoryStore(Store):
         """See :meth:`Store.create`."""
         self._check_open()
         if record.process_id in self._records:
-            raise InvalidDefinition(
-                f"a process with id {record.process_id!r} exists: pick another id, or "
-                "update_definition() it"
-            )
+            raise duplicate_process(record.process_id)
         times: dict[str, Any] = {
             key: to_utc(value)
             for key in _TIME_FIELDS
@@ -256,12 +251,8 @@ class MemoryStore(Store):
         if record.state not in expected:
             raise InvalidTransition(process_id, record.state, to_state)
         if expected_owner is not None and record.lease_owner != expected_owner:
-            raise InvalidTransition(
-                process_id,
-                record.state,
-                to_state,
-                f"process {process_id!r} is leased by {record.lease_owner!r}, not "
-                f"{expected_owner!r}: its lease was lost",
+            raise transition_refused(
+                process_id, record.state, to_state, expected_owner, record.lease_owner
             )
         increment, clear = transition_defaults(ProcessState(to_state), fields)
         if increment:

@@ -22,7 +22,6 @@ from taskwarden.abc import Store
 from taskwarden.clock import Clock, SystemClock
 from taskwarden.errors import (
     InvalidDefinition,
-    InvalidTransition,
     ProcessNotFound,
     SchemaError,
     StoreError,
@@ -37,6 +36,7 @@ from taskwarden.stores.base import (
     check_definition_fields,
     check_edges,
     check_runtime_fields,
+    duplicate_process,
     history_statement,
     json_dumps,
     list_filters,
@@ -45,9 +45,11 @@ from taskwarden.stores.base import (
     log_to_json,
     retry_transient,
     run_values,
+    store_not_open,
     table_names,
     to_utc,
     transition_defaults,
+    transition_refused,
 )
 from taskwarden.stores.postgres_support import (
     ACTIVE,
@@ -115,7 +117,7 @@ class PostgresStore(Store):
         wrapped in StoreError, domain errors passed through."""
         pool = self._pool
         if pool is None:
-            raise StoreError("the store is not open: call await store.open() or use async with")
+            raise store_not_open()
 
         async def attempt() -> T:
             async with pool.acquire() as conn:
@@ -215,10 +217,7 @@ class PostgresStore(Store):
             try:
                 row = await conn.fetchrow(sql, *values)
             except asyncpg.UniqueViolationError:
-                raise InvalidDefinition(
-                    f"a process with id {record.process_id!r} exists: pick another id, or "
-                    "update_definition() it"
-                ) from None
+                raise duplicate_process(record.process_id) from None
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise InvalidDefinition(
                     f"process {record.process_id!r} cannot be stored: {exc}"
@@ -357,7 +356,7 @@ class PostgresStore(Store):
         them. Each keeps its own compare-and-set; of calls on one record, one wins.
         """
         if self._pool is None:
-            raise StoreError("the store is not open: call await store.open() or use async with")
+            raise store_not_open()
         expected = check_edges(process_id, expected_states, to_state)
         check_runtime_fields(fields)
         target = ProcessState(to_state)
@@ -559,18 +558,9 @@ class PostgresStore(Store):
                 outcomes.append(ProcessNotFound(call.process_id))
             else:
                 state, lease_owner = found[call.process_id]
-                if call.owner is not None and lease_owner != call.owner:
-                    outcomes.append(
-                        InvalidTransition(
-                            call.process_id,
-                            state,
-                            call.target,
-                            f"process {call.process_id!r} is leased by {lease_owner!r}, "
-                            f"not {call.owner!r}: its lease was lost",
-                        )
-                    )
-                else:
-                    outcomes.append(InvalidTransition(call.process_id, state, call.target))
+                outcomes.append(
+                    transition_refused(call.process_id, state, call.target, call.owner, lease_owner)
+                )
         return outcomes
 
     async def update_progress(
@@ -717,7 +707,7 @@ class PostgresStore(Store):
     async def record_run(self, run: RunRecord) -> RunRecord:
         """See :meth:`Store.record_run`. Concurrent calls share one statement."""
         if self._pool is None:
-            raise StoreError("the store is not open: call await store.open() or use async with")
+            raise store_not_open()
         recorded: RunRecord = await self._combined(("record_run", ()), run_values(run, to_utc))
         return recorded
 

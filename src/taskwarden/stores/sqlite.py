@@ -25,10 +25,8 @@ from taskwarden.clock import Clock, SystemClock
 from taskwarden.errors import (
     ConfigurationError,
     InvalidDefinition,
-    InvalidTransition,
     ProcessNotFound,
     SchemaError,
-    StoreError,
 )
 from taskwarden.model import OperationStatus, RunRecord
 from taskwarden.processes import ACTIVE_STATES, LogEntry, ProcessRecord, ProcessState
@@ -39,6 +37,7 @@ from taskwarden.stores.base import (
     check_definition_fields,
     check_edges,
     check_runtime_fields,
+    duplicate_process,
     encode_dt,
     history_statement,
     json_dumps,
@@ -49,8 +48,10 @@ from taskwarden.stores.base import (
     log_to_json,
     retry_transient_sync,
     run_values,
+    store_not_open,
     table_names,
     transition_defaults,
+    transition_refused,
 )
 from taskwarden.stores.sqlite_support import (
     ALONE,
@@ -135,7 +136,7 @@ class SQLiteStore(Store):
 
     def _submit(self, kind: int, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         if self._db is None:
-            raise StoreError("the store is not open: call await store.open() or use async with")
+            raise store_not_open()
         return self._db.submit(kind, fn, *args)
 
     async def open(self) -> None:
@@ -237,10 +238,7 @@ class SQLiteStore(Store):
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" not in str(exc):
                 raise InvalidDefinition(f"process {process_id!r} cannot be stored: {exc}") from exc
-            raise InvalidDefinition(
-                f"a process with id {process_id!r} exists: pick another id, or "
-                "update_definition() it"
-            ) from None
+            raise duplicate_process(process_id) from None
         return record_from_row(row)
 
     async def update_definition(self, process_id: str, /, **fields: Any) -> ProcessRecord:
@@ -454,15 +452,7 @@ class SQLiteStore(Store):
         if found is None:
             raise ProcessNotFound(process_id)
         state, lease_owner = found
-        if owner is not None and lease_owner != owner:
-            raise InvalidTransition(
-                process_id,
-                state,
-                target,
-                f"process {process_id!r} is leased by {lease_owner!r}, not {owner!r}: "
-                "its lease was lost",
-            )
-        raise InvalidTransition(process_id, state, target)
+        raise transition_refused(process_id, state, target, owner, lease_owner)
 
     async def update_progress(
         self,

@@ -31,6 +31,7 @@ from taskwarden.stores.base import (
     record_decoder,
     retry_transient_sync,
     run_decoder,
+    store_not_open,
 )
 
 __all__ = [
@@ -156,7 +157,7 @@ class DatabaseThread:
     def submit(self, kind: int, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Queue a call; its answer (or error) arrives on the calling loop's future."""
         if self._stopping:
-            raise StoreError("the store is not open: call await store.open() or use async with")
+            raise store_not_open()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.put(Job(kind, fn, args, future, loop))
