@@ -21,6 +21,7 @@ from taskwarden.errors import (
     ConfigurationError,
     InvalidDefinition,
     InvalidTransition,
+    SchemaError,
     StoreError,
 )
 from taskwarden.model import CancelationReason, OperationStatus, RunRecord
@@ -52,6 +53,7 @@ __all__ = [
     "check_runtime_fields",
     "decode_dt",
     "decode_log",
+    "definition_update",
     "duplicate_process",
     "encode_dt",
     "encode_log",
@@ -66,6 +68,8 @@ __all__ = [
     "log_to_json",
     "metadata_matches",
     "parse_cursor",
+    "pending_migrations",
+    "process_values",
     "record_decoder",
     "retry_transient",
     "retry_transient_sync",
@@ -110,6 +114,8 @@ PROCESS_COLUMNS: tuple[str, ...] = tuple(
     "sort_order" if name == "order" else name for name in PROCESS_FIELDS
 )
 """The SQL column of each field (``order`` is a reserved word, so ``sort_order``)."""
+
+_UPDATED_AT = PROCESS_FIELDS.index("updated_at")
 
 RUN_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunRecord))
 """The run record's fields in declaration order."""
@@ -162,6 +168,57 @@ def load_migrations(dialect: str, prefix: str) -> list[tuple[int, list[str]]]:
         found.append((version, statements))
     found.sort()
     return found
+
+
+def process_values(
+    record: ProcessRecord, encode_field: Callable[[str, Any], Any], updated_at: Any
+) -> list[Any]:
+    """A record's values in PROCESS_COLUMNS order, encoded; ``updated_at`` (encoded
+    already) replaces the record's own."""
+    values = [encode_field(field, getattr(record, field)) for field in PROCESS_FIELDS]
+    values[_UPDATED_AT] = updated_at
+    return values
+
+
+def definition_update(
+    table: str,
+    process_id: str,
+    fields: Mapping[str, Any],
+    updated_at: datetime,
+    encode_field: Callable[[str, Any], Any],
+    *,
+    numbered: bool,
+) -> tuple[str, list[Any]]:
+    """``(sql, args)`` setting the definition ``fields`` and ``updated_at`` of one process
+    and returning its row in PROCESS_COLUMNS order; ``numbered`` as for :class:`SqlWhere`.
+
+    Checks the fields (InvalidDefinition) and encodes the values with ``encode_field``.
+    """
+    check_definition_fields(fields)
+    params = SqlWhere(numbered=numbered)
+    sets = ", ".join(
+        f"{'sort_order' if name == 'order' else name} = {params.arg(encode_field(name, value))}"
+        for name, value in {**fields, "updated_at": updated_at}.items()
+    )
+    sql = (
+        f"UPDATE {table} SET {sets} WHERE process_id = {params.arg(process_id)} "
+        f"RETURNING {', '.join(PROCESS_COLUMNS)}"
+    )
+    return sql, params.args
+
+
+def pending_migrations(
+    migrations: list[tuple[int, list[str]]], current: int, *, database: str, prefix: str
+) -> list[tuple[int, list[str]]]:
+    """The migrations newer than ``current``; SchemaError when ``current`` is newer than
+    any (``database`` names the database in the message)."""
+    latest = migrations[-1][0]
+    if current > latest:
+        raise SchemaError(
+            f"{database} has schema version {current} (prefix {prefix!r}), "
+            f"newer than this taskwarden knows ({latest}): upgrade taskwarden"
+        )
+    return [(version, statements) for version, statements in migrations if version > current]
 
 
 def run_values(

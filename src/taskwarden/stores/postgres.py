@@ -33,9 +33,9 @@ from taskwarden.stores.base import (
     PROCESS_COLUMNS,
     RUN_COLUMNS,
     SqlWhere,
-    check_definition_fields,
     check_edges,
     check_runtime_fields,
+    definition_update,
     duplicate_process,
     history_statement,
     json_dumps,
@@ -43,6 +43,8 @@ from taskwarden.stores.base import (
     list_statement,
     load_migrations,
     log_to_json,
+    pending_migrations,
+    process_values,
     retry_transient,
     run_values,
     store_not_open,
@@ -175,7 +177,6 @@ class PostgresStore(Store):
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         migrations = load_migrations("postgres", self.prefix)
-        latest = migrations[-1][0]
         try:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._version)
@@ -184,14 +185,10 @@ class PostgresStore(Store):
                     "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
                 )
                 current = await conn.fetchval(f"SELECT max(version) FROM {self._version}") or 0
-                if current > latest:
-                    raise SchemaError(
-                        f"the database has schema version {current} (prefix {self.prefix!r}), "
-                        f"newer than this taskwarden knows ({latest}): upgrade taskwarden"
-                    )
-                for version, statements in migrations:
-                    if version <= current:
-                        continue
+                pending = pending_migrations(
+                    migrations, current, database="the database", prefix=self.prefix
+                )
+                for version, statements in pending:
                     logger.info("migrating prefix %s to schema version %d", self.prefix, version)
                     for statement in statements:
                         await conn.execute(statement)
@@ -207,9 +204,7 @@ class PostgresStore(Store):
 
     async def create(self, record: ProcessRecord) -> ProcessRecord:
         """See :meth:`Store.create`."""
-        fields = ["order" if c == "sort_order" else c for c in PROCESS_COLUMNS]
-        values = [encode_field(field, getattr(record, field)) for field in fields]
-        values[PROCESS_COLUMNS.index("updated_at")] = self.clock.wall()
+        values = process_values(record, encode_field, self.clock.wall())
         placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
         sql = f"INSERT INTO {self._t} ({COLS}) VALUES ({placeholders}) RETURNING {COLS}"
 
@@ -228,15 +223,9 @@ class PostgresStore(Store):
 
     async def update_definition(self, process_id: str, /, **fields: Any) -> ProcessRecord:
         """See :meth:`Store.update_definition`."""
-        check_definition_fields(fields)
-        fields["updated_at"] = self.clock.wall()
-        names = list(fields)
-        sets = ", ".join(
-            f"{'sort_order' if name == 'order' else name} = ${i}"
-            for i, name in enumerate(names, start=2)
+        sql, args = definition_update(
+            self._t, process_id, fields, self.clock.wall(), encode_field, numbered=True
         )
-        sql = f"UPDATE {self._t} SET {sets} WHERE process_id = $1 RETURNING {COLS}"
-        args = [process_id, *(encode_field(name, fields[name]) for name in names)]
 
         async def op(conn: asyncpg.Connection) -> ProcessRecord:
             row = await conn.fetchrow(sql, *args)

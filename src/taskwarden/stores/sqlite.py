@@ -34,9 +34,9 @@ from taskwarden.stores.base import (
     PROCESS_COLUMNS,
     RUN_COLUMNS,
     SqlWhere,
-    check_definition_fields,
     check_edges,
     check_runtime_fields,
+    definition_update,
     duplicate_process,
     encode_dt,
     history_statement,
@@ -46,6 +46,8 @@ from taskwarden.stores.base import (
     list_statement,
     load_migrations,
     log_to_json,
+    pending_migrations,
+    process_values,
     retry_transient_sync,
     run_values,
     store_not_open,
@@ -181,7 +183,6 @@ class SQLiteStore(Store):
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         migrations = load_migrations("sqlite", self.prefix)
-        latest = migrations[-1][0]
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(
@@ -189,14 +190,10 @@ class SQLiteStore(Store):
                 "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
             )
             current = conn.execute(f"SELECT max(version) FROM {self._version}").fetchone()[0] or 0
-            if current > latest:
-                raise SchemaError(
-                    f"{self.path!r} has schema version {current} (prefix {self.prefix!r}), "
-                    f"newer than this taskwarden knows ({latest}): upgrade taskwarden"
-                )
-            for version, statements in migrations:
-                if version <= current:
-                    continue
+            pending = pending_migrations(
+                migrations, current, database=repr(self.path), prefix=self.prefix
+            )
+            for version, statements in pending:
                 logger.info("migrating %s to schema version %d", self.path, version)
                 for statement in statements:
                     conn.execute(statement)
@@ -218,11 +215,7 @@ class SQLiteStore(Store):
 
     async def create(self, record: ProcessRecord) -> ProcessRecord:
         """See :meth:`Store.create`."""
-        values = [
-            encode_field(field, getattr(record, field))
-            for field in (("order" if c == "sort_order" else c) for c in PROCESS_COLUMNS)
-        ]
-        values[PROCESS_COLUMNS.index("updated_at")] = encode_dt(self.clock.wall())
+        values = process_values(record, encode_field, encode_dt(self.clock.wall()))
         result: ProcessRecord = await self._submit(WRITE, self._create, record.process_id, values)
         return result
 
@@ -243,15 +236,10 @@ class SQLiteStore(Store):
 
     async def update_definition(self, process_id: str, /, **fields: Any) -> ProcessRecord:
         """See :meth:`Store.update_definition`."""
-        check_definition_fields(fields)
-        fields["updated_at"] = self.clock.wall()
-        names = list(fields)
-        values = [encode_field(name, fields[name]) for name in names]
-        sets = ", ".join(f"{'sort_order' if n == 'order' else n} = ?" for n in names)
-        sql = f"UPDATE {self._t} SET {sets} WHERE process_id = ? RETURNING {_COLS}"
-        result: ProcessRecord = await self._submit(
-            WRITE, self._update_one, sql, (*values, process_id), process_id
+        sql, args = definition_update(
+            self._t, process_id, fields, self.clock.wall(), encode_field, numbered=False
         )
+        result: ProcessRecord = await self._submit(WRITE, self._update_one, sql, args, process_id)
         return result
 
     def _update_one(
