@@ -6,7 +6,10 @@ import asyncio
 import gc
 from collections.abc import Sequence
 
+import pytest
+
 from taskwarden.engine import ProcessContext
+from taskwarden.errors import InvalidTransition
 from taskwarden.processes import LogEntry, ProcessState
 from taskwarden.stores.memory import MemoryStore
 from tests.engine_support import StateLog, started_engine, task
@@ -163,3 +166,54 @@ async def test_a_run_cancelled_from_outside_while_ending_still_records_its_end_o
         history = await engine.query_history("p")
         assert [run.status for run in history] == ["completed"]
         assert engine.active_runs() == []
+
+
+class SlowLaunchStore(MemoryStore):
+    """Lets other calls overtake a launch's write: a store that runs calls concurrently."""
+
+    async def transition(  # type: ignore[override]
+        self, process_id: str, expected: object, to_state: ProcessState, /, **kwargs: object
+    ) -> object:
+        if to_state is S.SCHEDULED:
+            for _ in range(5):
+                await asyncio.sleep(0)
+        return await super().transition(process_id, expected, to_state, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_start_queued_behind_its_launch_still_runs_when_it_overtook_the_launch() -> None:
+    runs = 0
+
+    async def count(ctx: ProcessContext) -> None:
+        nonlocal runs
+        runs += 1
+
+    async with started_engine(task("p", count), store=SlowLaunchStore()) as engine:
+        engine._in_order_store = True  # pretend, so the start is queued behind the launch
+        log = StateLog(engine)
+        await asyncio.wait_for(engine.launch_and_wait("p"), 5)
+        assert log.states("p") == [S.SCHEDULED, S.RUNNING, S.DONE]
+        assert runs == 1
+
+
+async def test_a_refused_launch_runs_nothing_even_with_its_start_queued_behind() -> None:
+    release = asyncio.Event()
+    runs = 0
+
+    async def hold(ctx: ProcessContext) -> None:
+        nonlocal runs
+        runs += 1
+        await release.wait()
+
+    async with started_engine(task("p", hold)) as engine:
+        assert engine._in_order_store  # the memory store runs calls in order
+        log = StateLog(engine)
+        await engine.launch("p")
+        await log.wait_for("p", S.RUNNING)
+        engine._runs.clear()  # as if another engine ran it: this one's launch is refused
+        with pytest.raises(InvalidTransition):
+            await engine.launch("p")
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert runs == 1
+        release.set()
+        await log.wait_for("p", S.DONE)
