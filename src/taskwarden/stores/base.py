@@ -59,6 +59,7 @@ __all__ = [
     "encode_log",
     "field_encoder",
     "history_statement",
+    "implied_sets",
     "json_dumps",
     "json_loads",
     "list_filters",
@@ -566,6 +567,17 @@ def transition_defaults(to_state: ProcessState, fields: Mapping[str, Any]) -> tu
         {"lease_owner", "lease_expires_at"} & fields.keys()
     )
     return increment, clear
+
+
+def implied_sets(increment: bool, clear: bool, *, alias: str = "") -> list[str]:
+    """The SQL assignments that :func:`transition_defaults` implies: the run number's
+    increment (read through table ``alias``, e.g. ``"t."``) and the lease's release."""
+    sets = []
+    if increment:
+        sets.append(f"run_number = {alias}run_number + 1")
+    if clear:
+        sets.append("lease_owner = NULL, lease_expires_at = NULL")
+    return sets
 
 
 def state_filter(

@@ -38,6 +38,7 @@ from taskwarden.stores.base import (
     definition_update,
     duplicate_process,
     history_statement,
+    implied_sets,
     json_dumps,
     list_filters,
     list_statement,
@@ -425,10 +426,7 @@ class PostgresStore(Store):
             types.append(FIELD_TYPES[name])
             cast = "::jsonb" if name in JSON_TEXT_FIELDS else ""
             sets.append(f"{name} = v.f{i}{cast}")
-        if increment:
-            sets.append("run_number = t.run_number + 1")
-        if clear:
-            sets.append("lease_owner = NULL, lease_expires_at = NULL")
+        sets.extend(implied_sets(increment, clear, alias="t."))
         inserted: builtins.list[str] = []
         if with_run:
             for i, kind in enumerate(RUN_TYPES):
@@ -460,10 +458,7 @@ class PostgresStore(Store):
         names, increment, clear, with_owner, with_run = key
         sets = ["state = $4", "updated_at = $5"]
         sets.extend(f"{name} = ${i}" for i, name in enumerate(names, start=6))
-        if increment:
-            sets.append("run_number = run_number + 1")
-        if clear:
-            sets.append("lease_owner = NULL, lease_expires_at = NULL")
+        sets.extend(implied_sets(increment, clear))
         owner = " AND lease_owner = $3" if with_owner else " AND $3::text IS NULL"
         sql = (
             f"UPDATE {self._t} SET {', '.join(sets)} WHERE process_id = $1 "

@@ -40,6 +40,7 @@ from taskwarden.stores.base import (
     duplicate_process,
     encode_dt,
     history_statement,
+    implied_sets,
     json_dumps,
     json_loads,
     list_filters,
@@ -391,10 +392,7 @@ class SQLiteStore(Store):
         sql = self._transition_sql.get(key)
         if sql is None:
             sets = ["state = ?", "updated_at = ?", *(f"{name} = ?" for name in names)]
-            if increment:
-                sets.append("run_number = run_number + 1")
-            if clear:
-                sets.append("lease_owner = NULL, lease_expires_at = NULL")
+            sets.extend(implied_sets(increment, clear))
             sql = (
                 f"UPDATE {self._t} SET {', '.join(sets)} WHERE process_id = ? "
                 f"AND state IN ({placeholders(len(expected))})"
