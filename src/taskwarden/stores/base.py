@@ -462,35 +462,22 @@ def run_decoder(
 
 def check_definition_fields(fields: Mapping[str, Any]) -> None:
     """Refuse anything but definition fields (InvalidDefinition)."""
-    if not fields.keys() <= DEFINITION_FIELDS:
-        raise _field_refusal(
-            "update_definition cannot change",
-            fields,
-            "definition",
-            DEFINITION_FIELDS,
-            "runtime state changes through transition()",
+    unknown = set(fields) - DEFINITION_FIELDS
+    if unknown:
+        raise InvalidDefinition(
+            f"update_definition cannot change {sorted(unknown)}: only definition fields "
+            f"{sorted(DEFINITION_FIELDS)} (runtime state changes through transition())"
         )
 
 
 def check_runtime_fields(fields: Mapping[str, Any]) -> None:
     """Refuse anything but runtime fields in a transition (InvalidDefinition)."""
-    if not fields.keys() <= RUNTIME_FIELDS:
-        raise _field_refusal(
-            "transition cannot set",
-            fields,
-            "runtime",
-            RUNTIME_FIELDS,
-            "definitions change through update_definition()",
+    unknown = set(fields) - RUNTIME_FIELDS
+    if unknown:
+        raise InvalidDefinition(
+            f"transition cannot set {sorted(unknown)}: only runtime fields "
+            f"{sorted(RUNTIME_FIELDS)} (definitions change through update_definition())"
         )
-
-
-def _field_refusal(
-    refusal: str, fields: Mapping[str, Any], kind: str, allowed: frozenset[str], instead: str
-) -> InvalidDefinition:
-    return InvalidDefinition(
-        f"{refusal} {sorted(set(fields) - allowed)}: only {kind} fields {sorted(allowed)} "
-        f"({instead})"
-    )
 
 
 def store_not_open() -> StoreError:
@@ -723,24 +710,26 @@ def list_statement(
 
 
 def history_statement(
-    where: SqlWhere,
     runs_table: str,
+    encode_time: Callable[[datetime], Any],
     *,
+    numbered: bool,
     process_id: str | None,
     name: str | None,
     status: OperationStatus | None,
     since: datetime | None,
     limit: int | None,
-    encode_time: Callable[[datetime], Any],
-) -> str:
-    """The ``query_history()`` query, newest first (ConfigurationError for a bad limit);
-    ``encode_time`` encodes ``since`` for the backend."""
+) -> tuple[str, list[Any]]:
+    """``(sql, args)`` of a ``query_history()`` query, newest first (ConfigurationError for
+    a bad limit); ``encode_time`` encodes ``since``, ``numbered`` as for :class:`SqlWhere`."""
     check_limit(limit)
+    where = SqlWhere(numbered=numbered)
     where.equal("process_id", process_id)
     where.equal("name", name)
     where.equal("status", None if status is None else OperationStatus(status).value)
     where.equal("started_at", None if since is None else encode_time(since), ">=")
-    return where.statement(f"SELECT {', '.join(RUN_COLUMNS)} FROM {runs_table}", "idx DESC", limit)
+    sql = where.statement(f"SELECT {', '.join(RUN_COLUMNS)} FROM {runs_table}", "idx DESC", limit)
+    return sql, where.args
 
 
 # -- transient errors ---------------------------------------------------------------------

@@ -734,18 +734,16 @@ class PostgresStore(Store):
         limit: int | None = None,
     ) -> builtins.list[RunRecord]:
         """See :meth:`Store.query_history`."""
-        where = SqlWhere(numbered=True)
-        sql = history_statement(
-            where,
+        sql, args = history_statement(
             self._runs,
+            to_utc,
+            numbered=True,
             process_id=process_id,
             name=name,
             status=status,
             since=since,
             limit=limit,
-            encode_time=to_utc,
         )
-        args = where.args
 
         async def op(conn: asyncpg.Connection) -> builtins.list[RunRecord]:
             return [run_from_row(row) for row in await conn.fetch(sql, *args)]

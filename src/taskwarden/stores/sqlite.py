@@ -644,18 +644,17 @@ class SQLiteStore(Store):
         limit: int | None = None,
     ) -> builtins.list[RunRecord]:
         """See :meth:`Store.query_history`."""
-        where = SqlWhere(numbered=False)
-        sql = history_statement(
-            where,
+        sql, args = history_statement(
             self._runs,
+            encode_dt,
+            numbered=False,
             process_id=process_id,
             name=name,
             status=status,
             since=since,
             limit=limit,
-            encode_time=encode_dt,
         )
-        result: builtins.list[RunRecord] = await self._submit(READ, self._history, sql, where.args)
+        result: builtins.list[RunRecord] = await self._submit(READ, self._history, sql, args)
         return result
 
     def _history(
