@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from taskwarden.model import OperationStatus, RunRecord
 from taskwarden.processes import LogEntry, ProcessRecord, ProcessState
@@ -227,6 +227,12 @@ class Store(ABC):
     default), so tests move time with a ``FakeClock`` instead of sleeping. Backends call
     ``clock.wall()``, never ``datetime.now`` directly.
     """
+
+    executes_in_order: ClassVar[bool] = False
+    """True when the store runs verbs in the order they are called, so a caller may issue a
+    verb that depends on an earlier one before the earlier one's answer is back (the engine
+    then sends a run's start right behind its launch). Backends that run calls on several
+    connections at once leave it False."""
 
     # -- life cycle -------------------------------------------------------------------
 

@@ -1209,3 +1209,27 @@ async def test_an_unreachable_postgres_server_is_a_store_error() -> None:
         await asyncio.wait_for(store.open(), 30)
     with pytest.raises(StoreError):
         await store.get("x")
+
+
+# -- call order ---------------------------------------------------------------------------
+
+
+async def test_a_store_that_executes_in_order_runs_a_dependent_call_issued_early(
+    store: Store,
+) -> None:
+    """executes_in_order promises that a verb issued before the previous one's answer came
+    back still sees its effect (the engine relies on it to start a run behind its launch)."""
+    await store.create(rec("ordered"))
+    S = ProcessState
+    first = asyncio.ensure_future(store.transition("ordered", {S.IDLE}, S.SCHEDULED))
+    second = asyncio.ensure_future(store.transition("ordered", {S.SCHEDULED}, S.RUNNING))
+    outcomes = await asyncio.gather(first, second, return_exceptions=True)
+    if store.executes_in_order:
+        assert [r.state for r in outcomes if isinstance(r, ProcessRecord)] == [
+            S.SCHEDULED,
+            S.RUNNING,
+        ]
+    else:  # no promise: the second may lose the race, but never both win wrongly
+        assert isinstance(outcomes[0], ProcessRecord)
+        record = await store.get("ordered")
+        assert record is not None and record.state in {S.SCHEDULED, S.RUNNING}

@@ -177,11 +177,8 @@ class Engine(RunMixin):
         self._max_concurrency = max_concurrency or None
         self._active_roots = 0
         self._pending: deque[_Run] = deque()
-        # Stores known to run calls in the order they are made, so a run's start can be
-        # queued behind its launch before the launch's answer is back.
-        self._in_order_store = f"{type(store).__module__}.{type(store).__qualname__}" in (
-            _IN_ORDER_STORES
-        )
+        # A run's start can be queued behind its launch before the launch's answer is back.
+        self._in_order_store = store.executes_in_order
         self._blocked = False
         self._cron = CronScheduler(self.clock, lambda: self._schedules, self._fire_cron)
         self._cron_task: asyncio.Task[None] | None = None
@@ -776,10 +773,6 @@ class Engine(RunMixin):
     def __repr__(self) -> str:
         return f"<Engine {self.engine_id!r} {self.state} runs={len(self._runs)}>"
 
-
-_IN_ORDER_STORES = frozenset(
-    {"taskwarden.stores.sqlite.SQLiteStore", "taskwarden.stores.memory.MemoryStore"}
-)
 
 _HOST = socket.gethostname()
 _engine_numbers = itertools.count()

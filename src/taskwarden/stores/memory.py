@@ -67,6 +67,8 @@ class MemoryStore(Store):
     Use it from one event loop. ``clock`` decides lease expiry (default: the system clock).
     """
 
+    executes_in_order = True  # every call runs on the one event loop, in call order
+
     def __init__(self, *, clock: Clock | None = None, prefix: str = "taskwarden") -> None:
         self.clock: Clock = clock or SystemClock()
         self.prefix = prefix

@@ -92,6 +92,8 @@ class SQLiteStore(Store):
         max_batch: at most this many queued calls share one transaction.
     """
 
+    executes_in_order = True  # one database thread takes the calls in call order
+
     def __init__(
         self,
         path: str | os.PathLike[str] = "./taskwarden.db",
