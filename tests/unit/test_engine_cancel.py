@@ -11,7 +11,7 @@ import pytest
 from taskwarden.engine import ProcessContext
 from taskwarden.errors import NotCancellable, ProcessNotFound
 from taskwarden.model import OperationStatus
-from taskwarden.processes import ProcessRecord, ProcessState
+from taskwarden.processes import END_STATES, ProcessRecord, ProcessState
 from taskwarden.stores.memory import MemoryStore
 from tests.engine_support import StateLog, started_engine, task
 
@@ -186,6 +186,9 @@ async def test_a_cancelled_process_can_be_relaunched() -> None:
 class _ReplyLostStore(MemoryStore):
     """Commits a transition into ``scheduled``, then never answers (until released)."""
 
+    # Later calls overtake the held one, so this store does not run calls in order.
+    executes_in_order = False
+
     def __init__(self) -> None:
         super().__init__()
         self.hold = False
@@ -211,3 +214,24 @@ async def test_a_launch_cancelled_after_its_write_never_leaves_a_stuck_scheduled
         record = await engine.get_process("p")
         assert record is not None and record.state is S.CANCELLED
         await engine.launch_and_wait("p")  # and it can be launched again
+
+
+async def test_a_launch_cancelled_after_its_write_on_an_in_order_store_still_ends() -> None:
+    """On a store that runs calls in order the start is already queued behind the launch:
+    the committed launch runs to its end, and nothing is left scheduled."""
+    store = _ReplyLostStore()
+    store.executes_in_order = True  # type: ignore[misc]
+    async with started_engine(task("p"), store=store) as engine:
+        store.hold = True
+        launching = asyncio.create_task(engine.launch("p"))
+        await asyncio.wait_for(store.committed.wait(), 2)
+        store.hold = False
+        launching.cancel()
+        await asyncio.wait({launching})
+        done = asyncio.Event()
+        engine.on_change.append(lambda r: done.set() if r.state in END_STATES else None)
+        record = await engine.get_process("p")
+        if record is not None and record.state not in END_STATES:
+            await asyncio.wait_for(done.wait(), 5)
+        record = await engine.get_process("p")
+        assert record is not None and record.state in {S.DONE, S.CANCELLED}

@@ -217,3 +217,42 @@ async def test_a_refused_launch_runs_nothing_even_with_its_start_queued_behind()
         assert runs == 1
         release.set()
         await log.wait_for("p", S.DONE)
+
+
+class SpyStore(MemoryStore):
+    """A memory store that records the verbs called on it, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    async def get(self, process_id: str) -> object:  # type: ignore[override]
+        self.calls.append("get")
+        return await super().get(process_id)
+
+    async def transition(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+        self.calls.append(f"transition->{args[2]}")
+        return await super().transition(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_cancelling_a_local_run_reaches_its_task_after_one_write() -> None:
+    """No read before the compare-and-set: the first store call is the cancel itself."""
+    seen_cancel = asyncio.Event()
+    calls_when_cancelled: list[str] = []
+    store = SpyStore()
+
+    async def waits(ctx: ProcessContext) -> None:
+        await ctx.wait_cancelled()
+        calls_when_cancelled.extend(store.calls)
+        seen_cancel.set()
+
+    async with started_engine(task("w", waits), store=store) as engine:
+        log = StateLog(engine)
+        await engine.launch("w")
+        await log.wait_for("w", S.RUNNING)
+        store.calls.clear()
+        await engine.cancel("w")
+        await asyncio.wait_for(seen_cancel.wait(), 5)
+        await log.wait_for("w", S.CANCELLED)
+    assert calls_when_cancelled[0] == "transition->cancel_requested"
+    assert "get" not in calls_when_cancelled

@@ -565,6 +565,23 @@ class Engine(RunMixin):
             NotCancellable: defined ``cancellable=False``, or not scheduled nor running.
         """
         self._require_started()
+        run = self._runs.get(process_id)
+        definition = self._definitions.get(process_id)
+        if run is not None and run.scope is not None and definition is not None:
+            # This engine runs it: try the compare-and-set first, read only if refused.
+            if not definition.cancellable:
+                raise NotCancellable(
+                    process_id, f"process {process_id!r} is defined with cancellable=False"
+                )
+            try:
+                requested = await self.store.transition(process_id, {S.RUNNING}, S.CANCEL_REQUESTED)
+            except InvalidTransition:
+                pass  # not running any more (or not yet): decide from the record below
+            else:
+                self._notify(requested)
+                self._stop_local_run(run, "cancelled on request")
+                await self._ack_cancel(process_id, requested=True)
+                return
         record = await self.store.get(process_id)
         if record is None:
             raise ProcessNotFound(process_id)
@@ -572,7 +589,7 @@ class Engine(RunMixin):
             raise NotCancellable(
                 process_id, f"process {process_id!r} is defined with cancellable=False"
             )
-        run = self._runs.get(process_id)
+        run = self._runs.get(process_id)  # may have changed while awaiting
         for _ in range(5):
             if record.state not in CANCELLABLE_STATES:
                 raise NotCancellable(
@@ -608,9 +625,14 @@ class Engine(RunMixin):
         self._notify(requested)
         if run is None:
             return
+        self._stop_local_run(run, message)
+        await self._ack_cancel(process_id, requested=True)
+
+    def _stop_local_run(self, run: _Run, message: str) -> None:
+        # The record says cancel_requested: the run may stop before the acknowledgement
+        # (its own end acknowledges too), so a cancel reaches the task after one write.
         run.cancel_requested = True
         run.cancel_message = message
-        await self._ack_cancel(process_id)
         if run.scope is not None:
             run.scope.cancel_sync(CancelationReason.MANUAL, message)
 
@@ -627,11 +649,8 @@ class Engine(RunMixin):
             return False
         record = await _quiet_get(self.store, process_id)
         if record is not None and record.state is S.CANCEL_REQUESTED:
-            run.cancel_requested = True
-            run.cancel_message = message
-            await self._ack_cancel(process_id)
-            if run.scope is not None:
-                run.scope.cancel_sync(CancelationReason.MANUAL, message)
+            self._stop_local_run(run, message)
+            await self._ack_cancel(process_id, requested=True)
             return True
         await self._cancel_run(run, message)
         return True

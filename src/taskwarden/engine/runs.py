@@ -492,11 +492,11 @@ class RunMixin:
             return record
         return None
 
-    async def _ack_cancel(self, process_id: str) -> None:
-        for expected, target in (
-            (S.RUNNING, S.CANCEL_REQUESTED),
-            (S.CANCEL_REQUESTED, S.CANCELLING),
-        ):
+    async def _ack_cancel(self, process_id: str, *, requested: bool = False) -> None:
+        """Move a run being cancelled to ``cancelling`` (via ``cancel_requested`` unless the
+        caller knows it is there already); steps another caller took are skipped."""
+        steps = _ACK_FROM_REQUESTED if requested else _ACK_FROM_RUNNING
+        for expected, target in steps:
             try:
                 record = await self.store.transition(process_id, {expected}, target)
             except (InvalidTransition, ProcessNotFound):
@@ -752,3 +752,7 @@ async def _shielded(coro: Awaitable[None]) -> None:
     except asyncio.CancelledError:
         await asyncio.wait({task})
         raise
+
+
+_ACK_FROM_REQUESTED = ((S.CANCEL_REQUESTED, S.CANCELLING),)
+_ACK_FROM_RUNNING = ((S.RUNNING, S.CANCEL_REQUESTED), *_ACK_FROM_REQUESTED)
