@@ -278,3 +278,56 @@ async def test_init_with_a_bus_serves_the_default_engine(tmp_path: Path) -> None
     finally:
         await taskwarden.shutdown()
     assert taskwarden.get_remote_control() is None
+
+
+async def _gated_launch(node: Node) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make the engine's launch command stay busy after its write until ``gate`` is set."""
+    gate, written = asyncio.Event(), asyncio.Event()
+    original = node.engine.launch
+
+    async def launch_then_wait(process_id: str) -> None:
+        await original(process_id)
+        written.set()
+        await gate.wait()
+
+    node.engine.launch = launch_then_wait  # type: ignore[method-assign]
+    return gate, written
+
+
+async def test_state_changes_of_a_command_are_published_once_it_is_handled(
+    tmp_path: Path,
+) -> None:
+    hub = f"local://remote-{uuid.uuid4().hex[:8]}"
+    node = await _node(f"sqlite:///{tmp_path / 'held.db'}", hub, hold_events=BOUND)
+    try:
+        gate, written = await _gated_launch(node)
+        client = RemoteClient(node.bus, timeout=BOUND)
+        async with node.bus.subscribe("taskwarden.process.changed") as events:
+            command = asyncio.create_task(client.launch("quick"))
+            await asyncio.wait_for(written.wait(), BOUND)
+            # The local bus delivers synchronously: a marker published now comes before any
+            # event the control publishes later, and after any it already published.
+            await node.bus.publish("taskwarden.process.changed", {"process_id": "marker"})
+            first = await asyncio.wait_for(anext(events), BOUND)
+            assert first.payload["process_id"] == "marker"
+            gate.set()
+            assert (await asyncio.wait_for(command, BOUND)).ok
+            await asyncio.wait_for(_next_state(events, "quick", "scheduled"), BOUND)
+    finally:
+        await _close(node)
+
+
+async def test_hold_events_zero_publishes_while_the_command_runs(tmp_path: Path) -> None:
+    hub = f"local://remote-{uuid.uuid4().hex[:8]}"
+    node = await _node(f"sqlite:///{tmp_path / 'unheld.db'}", hub, hold_events=0)
+    try:
+        gate, _ = await _gated_launch(node)
+        client = RemoteClient(node.bus, timeout=BOUND)
+        async with node.bus.subscribe("taskwarden.process.changed") as events:
+            command = asyncio.create_task(client.launch("quick"))
+            await asyncio.wait_for(_next_state(events, "quick", "scheduled"), BOUND)
+            assert not command.done()  # still handling: the event did not wait for it
+            gate.set()
+            assert (await asyncio.wait_for(command, BOUND)).ok
+    finally:
+        await _close(node)
