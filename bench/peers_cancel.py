@@ -39,6 +39,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from stamp_sink import Sink
+
 HERE = Path(__file__).resolve()
 
 # ---------------------------------------------------------------------------- job side
@@ -218,39 +220,6 @@ PEERS: dict[str, type[Peer]] = {"procrastinate": Procrastinate, "saq": Saq, "arq
 
 
 # ---------------------------------------------------------------------------- driver side
-class Sink:
-    """Reads the stamps the jobs append to a file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.write_bytes(b"")
-        self._offset = 0
-        self._rest = b""
-        self.starts: dict[int, float] = {}
-        self.ends: dict[int, float] = {}
-
-    def poll(self) -> None:
-        with self.path.open("rb") as f:
-            f.seek(self._offset)
-            data = f.read()
-        self._offset += len(data)
-        lines = (self._rest + data).split(b"\n")
-        self._rest = lines.pop()
-        for line in lines:
-            tag, seq, ts = line.split()
-            (self.starts if tag == b"S" else self.ends)[int(seq)] = float(ts)
-
-    async def wait_for(self, tag: str, seq: int, within: float, interval: float) -> bool:
-        """Poll until job ``seq`` has stamped ``tag`` (``S`` or ``E``); False on time-out."""
-        stamps = self.starts if tag == "S" else self.ends
-        deadline = time.monotonic() + within
-        while True:
-            self.poll()
-            if seq in stamps:
-                return True
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(interval)
 
 
 def psql_admin(server_url: str, sql: str) -> None:
