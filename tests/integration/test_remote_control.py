@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from taskwarden.abc import Bus, BusSubscription
@@ -23,6 +22,7 @@ from taskwarden.engine import Engine, ProcessContext, TaskInstance
 from taskwarden.errors import ConfigurationError
 from taskwarden.registry import OperationRegistry
 from taskwarden.remote import RemoteClient, RemoteControl
+from tests.store_support import temporary_database
 
 BOUND = 10.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,16 +184,6 @@ async def test_cancel_reaches_the_engine_that_runs_the_process(tmp_path: Path) -
 # -- across OS processes, over the real servers -------------------------------------------
 
 
-async def _fresh_postgres_db(server_url: str) -> str:
-    name = f"tw_remote_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    return server_url.rsplit("/", 1)[0] + "/" + name
-
-
 async def _launch_and_cancel_across_processes(store: str, bus_url: str) -> list[float]:
     prefix = f"t{uuid.uuid4().hex[:8]}"
     proc = await asyncio.create_subprocess_exec(
@@ -251,8 +241,8 @@ async def test_launch_and_cancel_from_another_process_over_redis(
 async def test_launch_and_cancel_from_another_process_over_postgres(
     postgres_server_url: str,
 ) -> None:
-    url = await _fresh_postgres_db(postgres_server_url)
-    latencies = await _launch_and_cancel_across_processes(url, url)
+    with temporary_database(postgres_server_url, "tw_remote") as url:
+        latencies = await _launch_and_cancel_across_processes(url, url)
     assert len(latencies) == 5
 
 

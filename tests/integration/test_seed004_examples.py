@@ -10,16 +10,13 @@ test wraps it in the smallest program that runs it and checks what the seed says
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import sys
 import textwrap
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from taskwarden import (
@@ -42,20 +39,9 @@ from taskwarden.progress_helpers import (
     sequential_progress,
 )
 from taskwarden.registry import OperationRegistry
+from tests.store_support import temporary_database
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-def _admin(server_url: str, sql: str) -> None:
-    async def go() -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, go()).result()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -65,12 +51,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'myapp.db'}"
         return
     server: str = request.getfixturevalue("postgres_server_url")
-    name = f"tw_seed_{uuid.uuid4().hex[:10]}"
-    _admin(server, f"CREATE DATABASE {name}")
-    try:
-        yield server.rsplit("/", 1)[0] + "/" + name
-    finally:
-        _admin(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with temporary_database(server, "tw_seed") as url:
+        yield url
 
 
 # -- Quick Start: the whole program, as written, in its own interpreter -----------------
