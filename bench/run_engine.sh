@@ -9,10 +9,15 @@ cd "$(dirname "$0")"
 peers=.venv-peers
 python=${PYTHON:-python3}
 
+# taskwarden's side runs from the project's venv, with what the benchmarks import: the
+# PostgreSQL and Redis clients, and the throwaway-server fixtures of tests/servers.py (pytest).
 if [ ! -x ../.venv/bin/python ]; then
-    echo "bench/run_engine.sh: taskwarden's venv ../.venv is missing: create it first" \
-        "(python3 -m venv .venv && .venv/bin/pip install -e '.[postgres]')" >&2
-    exit 1
+    echo "bench/run_engine.sh: creating the project's .venv" >&2
+    "$python" -m venv ../.venv
+fi
+if ! ../.venv/bin/python -c 'import taskwarden, asyncpg, redis, pytest' 2>/dev/null; then
+    echo "bench/run_engine.sh: installing taskwarden with its dev extra into ../.venv" >&2
+    ../.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '..[dev]'
 fi
 if ! "$peers/bin/python" -c 'import procrastinate, saq, psycopg, redis' 2>/dev/null; then
     echo "bench/run_engine.sh: creating bench/$peers" >&2
