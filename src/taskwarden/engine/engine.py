@@ -15,7 +15,6 @@ import itertools
 import logging
 import os
 import signal
-import socket
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -37,14 +36,13 @@ from taskwarden.engine.progress import (
     DEFAULT_MAX_MESSAGES,
     flush_interval_from_env,
 )
+from taskwarden.engine.recovery import HOST, RecoveryMixin
 from taskwarden.engine.runs import (
     _INACTIVE,
     _RESET_FIELDS,
     ChangeCallback,
-    RunMixin,
     _quiet_get,
     _Run,
-    _seconds,
     _shielded,
 )
 from taskwarden.errors import (
@@ -85,7 +83,7 @@ class EngineState(StrEnum):
     STOPPED = "stopped"
 
 
-class Engine(RunMixin):
+class Engine(RecoveryMixin):
     """The process manager of seed 004 on a pluggable :class:`~taskwarden.abc.Store`.
 
     Args:
@@ -154,7 +152,7 @@ class Engine(RunMixin):
         self.prefix = prefix
         self.services: dict[str, Any] = services if services is not None else {}
         self.get_task_definitions = get_task_definitions
-        self.engine_id = engine_id or f"{_HOST}:{os.getpid()}:{next(_engine_numbers)}"
+        self.engine_id = engine_id or f"{HOST}:{os.getpid()}:{next(_engine_numbers)}"
         self.registry = registry if registry is not None else OperationRegistry.get_instance()
         self.clock: Clock = clock or SystemClock()
         self.cancel_grace = cancel_grace
@@ -395,51 +393,6 @@ class Engine(RunMixin):
             self._schedules[task.process_id] = CronSchedule.parse(
                 task.process_id, task.schedule, task.schedule_tz
             )
-
-    async def _reconcile(self) -> list[str]:
-        """Record failed what a stopped engine left active; return resumable ids to relaunch."""
-        now = self.clock.wall()
-        relaunch: list[str] = []
-        for record in await self.store.list(state=ACTIVE_STATES):
-            owner = record.lease_owner
-            expired = record.lease_expires_at is not None and record.lease_expires_at <= now
-            held = owner is not None and owner != self.engine_id and not expired
-            if held and owner is not None and not _owner_process_gone(owner):
-                continue  # another live engine runs it
-            message = (
-                f"the engine that ran it ({owner or 'unknown'}) stopped before the run ended; "
-                "it was recorded failed when the engine started again"
-            )
-            try:
-                failed = await self.store.transition(
-                    record.process_id,
-                    {record.state},
-                    S.FAILED,
-                    error=message,
-                    failed_at=now,
-                    duration=_seconds(record.running_since, now),
-                )
-            except (InvalidTransition, ProcessNotFound):
-                continue
-            self._notify(failed)
-            logger.warning(
-                "process %r was left %s by engine %r and is recorded failed (engines sharing "
-                "a store need distinct engine_id values)",
-                record.process_id,
-                record.state,
-                owner,
-            )
-            if record.running_since is not None:
-                await self._record_history(
-                    failed,
-                    started_at=record.running_since,
-                    ended_at=now,
-                    status=OperationStatus.FAILED,
-                    error=message,
-                )
-            if failed.resumable and failed.parent_id is None:
-                relaunch.append(failed.process_id)
-        return relaunch
 
     # ------------------------------------------------------------------ queries
     async def get_process(self, process_id: str) -> ProcessRecord | None:
@@ -793,23 +746,4 @@ class Engine(RunMixin):
         return f"<Engine {self.engine_id!r} {self.state} runs={len(self._runs)}>"
 
 
-_HOST = socket.gethostname()
 _engine_numbers = itertools.count()
-
-
-def _owner_process_gone(owner: str) -> bool:
-    """True if ``owner`` is a default engine id of this host whose OS process has exited."""
-    host, sep, rest = owner.rpartition(":")  # <host>:<pid>:<n>
-    host, sep2, pid_text = host.rpartition(":")
-    if not (sep and sep2) or host != _HOST or not pid_text.isdigit() or not rest.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False  # another engine of this very process: alive
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # exists but belongs to someone else (EPERM)
-    return False
