@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +26,10 @@ class TaskInstance:
 
     The fields and defaults are the seed's; ``resumable`` says whether a run interrupted by
     a stopped engine may be relaunched on the next start (else it is only recorded failed),
-    and ``schedule_tz`` names the IANA time zone of ``schedule`` (UTC when None).
+    ``schedule_tz`` names the IANA time zone of ``schedule`` (UTC when None), and
+    ``timeout`` limits each run to that many seconds: past it the run is cancelled through
+    the cancel ladder with the reason ``timeout``, its log says it timed out, and its
+    history entry carries ``cancel_reason`` ``TIMEOUT``.
 
     Example::
 
@@ -45,6 +49,7 @@ class TaskInstance:
     cancellable: bool = True
     resumable: bool = False
     schedule_tz: str | None = None
+    timeout: float | None = None
 
 
 def validate_definition(task: TaskInstance) -> None:
@@ -56,6 +61,16 @@ def validate_definition(task: TaskInstance) -> None:
     if not callable(task.execute):
         raise InvalidDefinition(
             f"process {task.process_id!r}: execute must be an async function taking ctx"
+        )
+    timeout = task.timeout
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < math.inf
+    ):
+        raise InvalidDefinition(
+            f"process {task.process_id!r}: timeout must be a finite number of seconds > 0 "
+            f"(or None for no limit), got {timeout!r}"
         )
     if task.schedule is not None or task.schedule_tz is not None:
         from taskwarden.engine.cron import CronSchedule

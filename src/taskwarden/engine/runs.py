@@ -36,6 +36,7 @@ from taskwarden.processes import (
     ACTIVE_STATES,
     END_STATES,
     LAUNCHABLE_STATES,
+    LogLevel,
     ProcessRecord,
     ProcessState,
 )
@@ -302,6 +303,7 @@ class RunMixin:
             operation_id=None,
             metadata={"process_id": process_id, "run_number": record.run_number},
             grace_period=self.cancel_grace,
+            timeout=run.definition.timeout,
             registry=self.registry,
             on_cancel=[lambda _scope: self._arm_abandon(run)],
         )
@@ -383,6 +385,8 @@ class RunMixin:
             await self._after_terminal(run.end_record, run)
             return
         if progress is not None:
+            if scope.context.cancel_reason is CancelationReason.TIMEOUT and not run.abandoned:
+                progress.log(LogLevel.WARNING, scope.context.cancel_message or "timed out")
             try:
                 if run.abandoned:
                     await progress.close()
