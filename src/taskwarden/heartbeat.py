@@ -70,7 +70,7 @@ log = logging.getLogger("taskwarden.heartbeat")
 DEFAULT_INTERVAL = 30.0
 #: A worker is stale after this many intervals of silence, unless configured otherwise.
 STALE_INTERVALS = 3
-_RESERVED = frozenset({"name", "ts"})
+_RESERVED = frozenset({"name", "worker", "ts"})
 
 
 class WorkerState(StrEnum):
@@ -120,6 +120,27 @@ class WorkerStatus:
     stale_after: float
     #: False for a worker admitted with ``admit_unknown=True`` rather than configured.
     known: bool
+    #: Seed 003: the sender's epoch timestamp of the last accepted beat (capped at the
+    #: receive time when it claimed the future); None if never.
+    last_heartbeat_ts: float | None = None
+
+    @property
+    def status(self) -> WorkerState:
+        """Seed 003's name for :attr:`state` (``"ok"``, ``"stale"`` or ``"unknown"``,
+        equal to those strings)."""
+        return self.state
+
+    @property
+    def seconds_since(self) -> float | None:
+        """Seed 003's name for :attr:`age`: seconds since the last accepted beat was
+        received (by the registry's clock, so sender clock skew cannot fake liveness)."""
+        return self.age
+
+    @property
+    def extra(self) -> Mapping[str, Any]:
+        """Seed 003's name for :attr:`payload`: the beat without ``worker``/``name`` and
+        ``ts``."""
+        return self.payload
 
 
 @dataclass(slots=True, kw_only=True)
@@ -225,12 +246,38 @@ class WorkerRegistry:
     # -- ingest ----------------------------------------------------------------------------
 
     def record(
+        self,
+        worker: str,
+        ts: float | Mapping[str, Any] | None,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        received_at: float | None = None,
+    ) -> bool:
+        """Take one beat of ``worker`` in seed 003's form; return whether it was accepted.
+
+        ``record("collector", time.time(), {"uptime": 12})``: ``ts`` is the sender's epoch
+        seconds and ``payload`` what the worker added to its beat (None for nothing). The
+        older taskwarden form ``record(name, payload)`` (the whole beat, ``ts`` inside it)
+        is accepted too. ``received_at`` is as in :meth:`ingest`.
+        """
+        if ts is None or isinstance(ts, Mapping):
+            return self.ingest(worker, ts if ts is not None else {}, received_at)
+        if payload is not None and not isinstance(payload, Mapping):
+            self.stats.malformed += 1
+            return False
+        beat = dict(payload) if payload else {}
+        beat["ts"] = ts
+        return self.ingest(worker, beat, received_at)
+
+    def ingest(
         self, name: str, payload: Mapping[str, Any], received_at: float | None = None
     ) -> bool:
-        """Take one beat of worker ``name``; return whether it was accepted.
+        """Take one beat of worker ``name`` as it came off the bus; return whether it was
+        accepted.
 
         ``received_at`` is the receive time in the registry clock's monotonic seconds
-        (default: now). Dropped beats are counted in :attr:`stats`: unknown names,
+        (default: now): liveness is measured from it, never from the sender's clock.
+        Dropped beats are counted in :attr:`stats` (and :attr:`counters`): unknown names,
         malformed payloads (``ts`` not a finite number, ``name`` not matching), and beats
         older than the newest accepted one.
         """
@@ -405,9 +452,24 @@ class WorkerRegistry:
                     flaps=worker.flaps,
                     stale_after=worker.window,
                     known=worker.known,
+                    last_heartbeat_ts=last[1],
                 )
             )
         return rows
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """What was done with the beats seen so far: ``accepted``, and the drops by cause
+        (``malformed``, ``unknown``, ``future_capped``, ``out_of_order``). A fresh dict;
+        :attr:`stats` holds every counter, live."""
+        stats = self.stats
+        return {
+            "accepted": stats.accepted,
+            "malformed": stats.malformed,
+            "unknown": stats.unknown,
+            "future_capped": stats.future_capped,
+            "out_of_order": stats.out_of_order,
+        }
 
     def status(self, name: str) -> WorkerStatus | None:
         """The row of one worker, or None if it has none."""
@@ -513,7 +575,7 @@ class WorkerRegistry:
             if len(tokens) != 3:
                 self.stats.malformed += 1
                 return
-            self.record(tokens[1], message.payload)
+            self.ingest(tokens[1], message.payload)
         except Exception:
             # A beat must never kill the subscriber: count it and move on.
             self.stats.malformed += 1
