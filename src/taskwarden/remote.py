@@ -21,8 +21,9 @@ run the process is broadcast on ``<prefix>.control.cancel``, so the engine runni
 it at once.
 
 While it runs, :class:`RemoteControl` also publishes every committed state change on
-``<prefix>.process.changed`` (ids and the new state, never whole documents) and the engine's
-heartbeat on ``system.<engine>.health``. Changes made while a command is being handled are
+``<prefix>.process.changed`` (ids and the new state, never whole documents), the ids whose
+progress or log was written on ``<prefix>.process.progress`` (a burst is one event), and the
+engine's heartbeat on ``system.<engine>.health``. Changes made while a command is being handled are
 published once it has been handled (or after ``hold_events`` seconds at most), in order, so
 publishing does not compete with the command's own store writes: a remote cancel reaches
 the running task sooner.
@@ -155,6 +156,7 @@ class RemoteControl:
         self._cancel_watch: BusSubscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._events: deque[ProcessRecord] = deque()
+        self._progressed: dict[str, None] = {}  # ordered set of ids whose progress flushed
         self._max_events = max_pending_events
         self._events_ready = asyncio.Event()
         self._hold_events = hold_events
@@ -195,6 +197,7 @@ class RemoteControl:
             )
         )
         self.engine.on_change.append(self._on_change)
+        self.engine.on_progress.append(self._on_progress)
         self._tasks.append(loop.create_task(self._publish_events(), name="taskwarden-events"))
         if self._heartbeat is not None:
             await self._heartbeat.start()
@@ -203,6 +206,8 @@ class RemoteControl:
         """Stop serving (requests being handled finish), publishing and beating."""
         if self._on_change in self.engine.on_change:
             self.engine.on_change.remove(self._on_change)
+        if self._on_progress in self.engine.on_progress:
+            self.engine.on_progress.remove(self._on_progress)
         if self._heartbeat is not None:
             await self._heartbeat.stop()
         for topic in self._served:
@@ -237,6 +242,24 @@ class RemoteControl:
         self._events.append(record)
         self._events_ready.set()
 
+    def _on_progress(self, process_id: str) -> None:
+        # A set, not a queue: a burst of flushes of one process is one event on the bus.
+        self._progressed[process_id] = None
+        self._events_ready.set()
+
+    async def _publish_progress(self) -> None:
+        topic = f"{self.prefix}.process.progress"
+        while self._progressed:
+            process_id = next(iter(self._progressed))
+            del self._progressed[process_id]
+            try:
+                await self.bus.publish(
+                    topic, {"process_id": process_id, "engine": self.engine.engine_id}
+                )
+            except BusError as exc:
+                self.events_dropped += 1
+                logger.warning("progress of %s not published: %s", process_id, exc)
+
     async def _publish_events(self) -> None:
         topic = f"{self.prefix}.process.changed"
         while True:
@@ -264,6 +287,7 @@ class RemoteControl:
                 except BusError as exc:
                     self.events_dropped += 1
                     logger.warning("state change of %s not published: %s", record.process_id, exc)
+            await self._publish_progress()
 
     async def register(self, verb: str, handler: CommandHandler) -> None:
         """Serve an application command ``verb`` on ``<prefix>.app.<verb>``.

@@ -167,6 +167,8 @@ class Engine(RecoveryMixin):
         self.max_messages_per_flush = max_messages_per_flush
         self.on_change: list[ChangeCallback] = []
         """Callbacks called with the record after every committed state change."""
+        self.on_progress: list[Callable[[str], Any]] = []
+        """Callbacks called with the process id after each progress and log flush."""
         self.state = EngineState.CREATED
         self._definitions: dict[str, TaskInstance] = {}
         self._schedules: dict[str, CronSchedule] = {}

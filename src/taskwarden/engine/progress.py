@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,7 @@ class ProgressBuffer:
         "_max_log",
         "_max_messages",
         "_message",
+        "_on_flush",
         "_operation",
         "_percent",
         "_sleeping",
@@ -108,8 +110,10 @@ class ProgressBuffer:
         percent: float | None = None,
         message: str | None = None,
         operation: OperationContext | None = None,
+        on_flush: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_flush = on_flush
         self.process_id = process_id
         self._clock = clock
         self._interval = interval
@@ -248,6 +252,8 @@ class ProgressBuffer:
             self._dirty = True
             raise
         self.writes += 1
+        if self._on_flush is not None:
+            self._on_flush(self.process_id)
 
     async def close(self) -> None:
         """Stop the flusher and write what is pending: the final flush."""

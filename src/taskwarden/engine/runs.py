@@ -145,6 +145,7 @@ class RunMixin:
     max_log: int
     max_messages_per_flush: int
     on_change: list[ChangeCallback]
+    on_progress: list[Callable[[str], Any]]
     _definitions: dict[str, TaskInstance]
     _schedules: dict[str, CronSchedule]
     _runs: dict[str, _Run]
@@ -315,6 +316,7 @@ class RunMixin:
             max_log=self.max_log,
             max_messages=self.max_messages_per_flush,
             operation=scope.context,
+            on_flush=self._notify_progress,
         )
         run.progress = progress
         ctx = ProcessContext(self, run, scope, progress, run.listener)
@@ -663,6 +665,13 @@ class RunMixin:
         run.set_done()
 
     # ------------------------------------------------------------------ plumbing
+    def _notify_progress(self, process_id: str) -> None:
+        for callback in list(self.on_progress):
+            try:
+                callback(process_id)
+            except Exception:
+                logger.exception("on_progress callback %r failed", callback)
+
     def _notify(self, record: ProcessRecord) -> None:
         for callback in list(self.on_change):
             try:

@@ -1,0 +1,130 @@
+"""``create_app``: the taskwarden service as an ASGI app to run or to mount."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from taskwarden.api.auth import Authenticate, require_role, resolve_authenticate
+from taskwarden.api.broadcaster import Broadcaster
+from taskwarden.api.commands import CommandRefused, Commands
+from taskwarden.api.routes import NotFound, Service, router
+from taskwarden.errors import ConfigurationError, StoreError
+
+if TYPE_CHECKING:
+    from taskwarden.abc import Bus, Store
+    from taskwarden.engine import Engine
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    store: Store,
+    *,
+    bus: Bus | None = None,
+    engine: Engine | None = None,
+    tokens: Mapping[str, str] | None = None,
+    authenticate: Authenticate | None = None,
+    prefix: str = "taskwarden",
+    poll_interval: float = 1.0,
+    coalesce: float = 0.25,
+    keepalive: float = 15.0,
+) -> FastAPI:
+    """The service over ``store``: optio's REST routes and streams, taskwarden's own.
+
+    Args:
+        store: where the processes and their history are; it must be open, and it stays
+            the caller's to close.
+        bus: other workers' change events and the path for commands when ``engine`` is
+            None; without a bus, the app polls the store every ``poll_interval`` seconds
+            (one query per server, whatever the number of clients).
+        engine: an engine in this process; commands run on it and its changes reach the
+            streams at once.
+        tokens: bearer tokens and their roles (``"viewer"`` or ``"operator"``); or
+        authenticate: your own check (see :mod:`taskwarden.api.auth`). Neither: open.
+        coalesce: changes arriving within this many seconds are sent as one frame.
+        keepalive: idle seconds before a stream sends a keepalive comment.
+
+    The app's change feed starts with the first stream (or at the app's startup when it
+    is run, not mounted) and stops at its shutdown; a host that mounts the app and has
+    its own lifespan can call ``app.state.taskwarden.feed.close()`` when it stops.
+
+    Raises:
+        ConfigurationError: conflicting or invalid auth settings.
+    """
+    check = resolve_authenticate(tokens, authenticate)
+    feed = Broadcaster(
+        store,
+        bus=bus,
+        engine=engine,
+        prefix=prefix,
+        poll_interval=poll_interval,
+        coalesce=coalesce,
+    )
+    service = Service(
+        store=store,
+        bus=bus,
+        commands=Commands(engine=engine, bus=bus, prefix=prefix),
+        feed=feed,
+        keepalive=keepalive,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await feed.start()
+        try:
+            yield
+        finally:
+            await feed.close()
+
+    app = FastAPI(
+        title="taskwarden",
+        summary="The control plane for async work: processes, runs, live updates.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.taskwarden = service
+    app.include_router(router, dependencies=[Depends(require_role(check))])
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"message": "Process not found"}, status_code=404)
+
+    @app.exception_handler(CommandRefused)
+    async def refused(_: Request, exc: CommandRefused) -> JSONResponse:
+        return JSONResponse({"reason": exc.reason, "message": exc.message}, exc.status)
+
+    @app.exception_handler(ConfigurationError)
+    async def bad_input(_: Request, exc: ConfigurationError) -> JSONResponse:
+        return JSONResponse({"message": str(exc)}, status_code=400)
+
+    @app.exception_handler(StoreError)
+    async def store_down(_: Request, exc: StoreError) -> JSONResponse:
+        return JSONResponse({"message": f"the store is unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"message": _describe(exc.errors())}, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, dict) else {"message": str(exc.detail)}
+        return JSONResponse(detail, status_code=exc.status_code, headers=exc.headers)
+
+
+def _describe(errors: Any) -> str:
+    """One sentence per invalid parameter: where it is and what was wrong."""
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("query", "body"))
+        parts.append(f"{where or 'request'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"

@@ -1,0 +1,316 @@
+"""One change feed per server, fanned out to every connected stream.
+
+The broadcaster keeps every process record in memory, loaded once at start and then kept
+true by change events: the engine's own (``Engine.on_change`` and its progress flushes),
+the bus's ``<prefix>.process.changed`` / ``<prefix>.process.progress`` from other workers,
+and, when there is no bus, one poll of the store per ``poll_interval`` for the writes of
+other processes. Changes that arrive within ``coalesce`` seconds are read and published as
+one :class:`Change`, so a process that reports progress 1,000 times a second costs a client
+a few frames a second. Streams compute their frames from the cache: the store is read per
+change, never per client.
+
+Every subscriber has a bounded queue. A subscriber that falls behind is not waited for:
+its queue is emptied and it is told to resynchronise (:attr:`Subscription.overflowed`), and
+the stream sends it a fresh snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from taskwarden.errors import StoreError
+
+if TYPE_CHECKING:
+    from taskwarden.abc import Bus, BusMessage, BusSubscription, Store
+    from taskwarden.engine import Engine
+    from taskwarden.processes import LogEntry, ProcessRecord
+
+__all__ = ["Broadcaster", "Change", "ProcessChange", "Subscription"]
+
+logger = logging.getLogger("taskwarden.api")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessChange:
+    """What happened to one process in a :class:`Change`.
+
+    ``record`` is None when the process was deleted. ``new_log`` holds the entries its log
+    gained; ``log_cleared`` says the log was reset first (a dismiss or a relaunch), so a
+    client must drop what it shows before appending ``new_log``.
+    """
+
+    process_id: str
+    record: ProcessRecord | None
+    previous: ProcessRecord | None
+    new_log: tuple[LogEntry, ...] = ()
+    log_cleared: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A batch of process changes published together, numbered by ``seq`` (from 1)."""
+
+    seq: int
+    processes: tuple[ProcessChange, ...]
+
+    def touches(self, process_ids: Iterable[str]) -> bool:
+        """True when one of the changed processes is in ``process_ids``."""
+        wanted = set(process_ids)
+        return any(p.process_id in wanted for p in self.processes)
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One client's view of the feed: an async iterator of :class:`Change` objects.
+
+    It ends when the broadcaster closes (the stream then sends its final frame).
+    ``overflowed`` is set (and the queue emptied) when the client fell behind by more
+    than the queue holds; the reader clears it after sending a snapshot.
+    """
+
+    queue: asyncio.Queue[Change | None]
+    overflowed: bool = False
+    _owner: Broadcaster | None = field(default=None, repr=False)
+
+    def __aiter__(self) -> AsyncIterator[Change]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Change]:
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            yield item
+
+    def close(self) -> None:
+        """Stop receiving changes."""
+        if self._owner is not None:
+            self._owner._subscribers.discard(self)
+            self._owner = None
+
+
+def _log_delta(
+    old: ProcessRecord | None, new: ProcessRecord | None
+) -> tuple[tuple[LogEntry, ...], bool]:
+    if new is None:
+        return (), False
+    if old is None or not old.log:
+        return new.log, False
+    last = old.log[-1]
+    for i in range(len(new.log) - 1, -1, -1):
+        entry = new.log[i]
+        if entry.timestamp == last.timestamp and entry.message == last.message:
+            return new.log[i + 1 :], False
+    cleared = len(new.log) < len(old.log) or new.run_number != old.run_number
+    return new.log, cleared
+
+
+class Broadcaster:
+    """The server's single change feed. Start it once; every stream subscribes to it."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        bus: Bus | None = None,
+        engine: Engine | None = None,
+        prefix: str = "taskwarden",
+        poll_interval: float | None = 1.0,
+        coalesce: float = 0.25,
+        queue_size: int = 64,
+        retain: int = 1000,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.engine = engine
+        self.prefix = prefix
+        self.poll_interval = poll_interval if bus is None else None
+        self.coalesce = coalesce
+        self.queue_size = queue_size
+        self.records: dict[str, ProcessRecord] = {}
+        """Every process, by id, as of the last published change."""
+        self.seq = 0
+        """The number of the last published :class:`Change`."""
+        self.store_reads = 0
+        """Store queries made by the feed (for tests and the metrics: it must not grow
+        with the number of clients)."""
+        self.closing = asyncio.Event()
+        self._history: deque[Change] = deque(maxlen=retain)
+        self._subscribers: set[Subscription] = set()
+        self._dirty: set[str] = set()
+        self._pending: dict[str, ProcessRecord] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Load the records and connect the sources; a second call does nothing."""
+        async with self._start_lock:
+            if self._started:
+                return
+            self.records = {r.process_id: r for r in await self.store.list()}
+            self.store_reads += 1
+            if self.engine is not None:
+                self.engine.on_change.append(self._on_engine_change)
+                self.engine.on_progress.append(self.notify)
+            self._tasks.append(asyncio.create_task(self._flush_loop(), name="tw-api-feed"))
+            if self.bus is not None:
+                subscription = self.bus.subscribe(f"{self.prefix}.process.*")
+                await subscription.start()
+                self._tasks.append(
+                    asyncio.create_task(self._follow_bus(subscription), name="tw-api-bus")
+                )
+            elif self.poll_interval is not None:
+                self._tasks.append(asyncio.create_task(self._poll_loop(), name="tw-api-poll"))
+            self._started = True
+
+    async def close(self) -> None:
+        """Disconnect the sources and end every subscription (streams send a last frame)."""
+        self.closing.set()
+        if self.engine is not None:
+            with contextlib.suppress(ValueError):
+                self.engine.on_change.remove(self._on_engine_change)
+            with contextlib.suppress(ValueError):
+                self.engine.on_progress.remove(self.notify)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for subscriber in list(self._subscribers):
+            self._put(subscriber, None)
+        self._subscribers.clear()
+        self._started = False
+
+    # ------------------------------------------------------------------ clients
+    def subscribe(self) -> Subscription:
+        """A new subscription; it receives every change published from now on."""
+        subscription = Subscription(asyncio.Queue(self.queue_size + 1), _owner=self)
+        if self.closing.is_set():
+            subscription.queue.put_nowait(None)
+        else:
+            self._subscribers.add(subscription)
+        return subscription
+
+    @property
+    def subscribers(self) -> int:
+        """How many streams are connected."""
+        return len(self._subscribers)
+
+    def since(self, seq: int) -> list[Change] | None:
+        """The changes published after ``seq``, or None when some of them are no longer
+        retained (the client must take a fresh snapshot)."""
+        if seq > self.seq or seq < 0:
+            return None
+        if seq == self.seq:
+            return []
+        if not self._history or self._history[0].seq > seq + 1:
+            return None
+        return [change for change in self._history if change.seq > seq]
+
+    # ------------------------------------------------------------------ sources
+    def notify(self, process_id: str) -> None:
+        """Say that ``process_id`` changed; the feed reads it at the next flush."""
+        self._dirty.add(process_id)
+        self._wake.set()
+
+    def _on_engine_change(self, record: ProcessRecord) -> None:
+        # The engine hands over the committed record: no store read is needed for it.
+        self._pending[record.process_id] = record
+        self._dirty.discard(record.process_id)
+        self._wake.set()
+
+    async def _follow_bus(self, subscription: BusSubscription) -> None:
+        try:
+            async for message in subscription:
+                self._on_bus_message(message)
+        finally:
+            await subscription.close()
+
+    def _on_bus_message(self, message: BusMessage) -> None:
+        process_id = message.payload.get("process_id")
+        if isinstance(process_id, str) and process_id:
+            if self.engine is not None and message.payload.get("engine") == getattr(
+                self.engine, "engine_id", None
+            ):
+                return  # our own engine's change, already seen through on_change
+            self.notify(process_id)
+
+    async def _poll_loop(self) -> None:
+        assert self.poll_interval is not None
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                current = await self.store.list()
+            except StoreError as exc:
+                logger.warning("change feed could not poll the store: %s", exc)
+                continue
+            self.store_reads += 1
+            seen = set()
+            for record in current:
+                seen.add(record.process_id)
+                known = self.records.get(record.process_id)
+                if known is None or known.updated_at != record.updated_at or known != record:
+                    self._pending.setdefault(record.process_id, record)
+            for gone in self.records.keys() - seen:
+                self._dirty.add(gone)
+            if self._pending or self._dirty:
+                self._wake.set()
+
+    # ------------------------------------------------------------------ publishing
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            if self.coalesce > 0:
+                await asyncio.sleep(self.coalesce)
+            self._wake.clear()
+            pending, self._pending = self._pending, {}
+            dirty, self._dirty = self._dirty - pending.keys(), set()
+            fresh: dict[str, ProcessRecord | None] = dict(pending)
+            for process_id in sorted(dirty):
+                try:
+                    fresh[process_id] = await self.store.get(process_id)
+                except StoreError as exc:
+                    logger.warning("change feed could not read %s: %s", process_id, exc)
+                    continue
+                self.store_reads += 1
+            self._publish(fresh)
+
+    def _publish(self, fresh: dict[str, ProcessRecord | None]) -> None:
+        changes = []
+        for process_id, record in fresh.items():
+            previous = self.records.get(process_id)
+            if record is None and previous is None:
+                continue
+            if record is not None and previous == record:
+                continue
+            new_log, cleared = _log_delta(previous, record)
+            changes.append(ProcessChange(process_id, record, previous, new_log, cleared))
+            if record is None:
+                del self.records[process_id]
+            else:
+                self.records[process_id] = record
+        if not changes:
+            return
+        self.seq += 1
+        change = Change(self.seq, tuple(changes))
+        self._history.append(change)
+        for subscriber in list(self._subscribers):
+            self._put(subscriber, change)
+
+    def _put(self, subscriber: Subscription, item: Change | None) -> None:
+        if item is not None and subscriber.queue.qsize() >= self.queue_size:
+            # Behind by a whole queue: drop what it has not read; it takes a snapshot.
+            while not subscriber.queue.empty():
+                subscriber.queue.get_nowait()
+            subscriber.overflowed = True
+        subscriber.queue.put_nowait(item)

@@ -1,0 +1,130 @@
+"""Launch, cancel, dismiss and resync as the API runs them, with optio's refusals.
+
+A server that hosts an engine runs the command on it. A server without one sends it over
+the bus to an engine that serves commands (:class:`~taskwarden.remote.RemoteClient`). With
+neither, a command is refused with the reason ``no-engine`` (503). The engine decides; this
+module only maps its refusal ``reason`` to optio's reason strings and HTTP statuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from taskwarden.errors import TaskwardenError
+
+if TYPE_CHECKING:
+    from taskwarden.abc import Bus
+    from taskwarden.engine import Engine
+
+__all__ = ["CommandRefused", "Commands", "Verb"]
+
+Verb = Literal["launch", "cancel", "dismiss"]
+
+# optio's reason strings and messages; taskwarden's own reasons keep their codes.
+_NOT_FOUND = ("not-found", "Process not found", 404)
+_REFUSALS: dict[tuple[str, str], tuple[str, str, int]] = {
+    ("launch", "invalid-state"): ("not-launchable", "Process is not in a launchable state", 409),
+    ("launch", "no-resume-support"): (
+        "no-resume-support",
+        "This task does not support resume",
+        409,
+    ),
+    ("launch", "launch-blocked"): (
+        "launch-blocked",
+        "Launches matching this filter are currently blocked",
+        409,
+    ),
+    ("cancel", "not-cancellable"): (
+        "not-cancellable",
+        "Process is not cancellable in its current state",
+        409,
+    ),
+    ("cancel", "invalid-state"): (
+        "not-cancellable",
+        "Process is not cancellable in its current state",
+        409,
+    ),
+    ("dismiss", "invalid-state"): ("not-dismissable", "Process is not in a dismissable state", 409),
+}
+
+
+class CommandRefused(Exception):
+    """A command the engine (or the lack of one) refused: ``{reason, message}`` + status."""
+
+    def __init__(self, reason: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = status
+
+
+def _refusal(verb: str, reason: str | None, message: str | None) -> CommandRefused:
+    if reason == "not-found":
+        return CommandRefused(*_NOT_FOUND)
+    mapped = _REFUSALS.get((verb, reason or ""))
+    if mapped is not None:
+        return CommandRefused(*mapped)
+    status = 400 if reason in ("invalid-configuration", "invalid-payload") else 409
+    if reason in ("timeout", "bus-error", "store-error"):
+        status = 503
+    return CommandRefused(reason or "error", message or "the command was refused", status)
+
+
+@dataclass
+class Commands:
+    """Runs commands on the server's engine, or over the bus when it has none."""
+
+    engine: Engine | None
+    bus: Bus | None
+    prefix: str = "taskwarden"
+    timeout: float = 5.0
+
+    def _no_engine(self) -> CommandRefused:
+        return CommandRefused(
+            "no-engine",
+            "this server runs no engine and has no bus to reach one: start it with --app, "
+            "or give it --bus to send commands to the workers",
+            503,
+        )
+
+    async def run(self, verb: Verb, process_id: str) -> None:
+        """Run ``verb`` on ``process_id``; raise :class:`CommandRefused` when refused."""
+        if self.engine is not None:
+            try:
+                await getattr(self.engine, verb)(process_id)
+            except TaskwardenError as exc:
+                raise _refusal(verb, exc.reason, str(exc)) from None
+            return
+        if self.bus is None:
+            raise self._no_engine()
+        from taskwarden.remote import RemoteClient
+
+        client = RemoteClient(self.bus, prefix=self.prefix, timeout=self.timeout)
+        try:
+            result = await getattr(client, verb)(process_id)
+        except TaskwardenError as exc:
+            raise _refusal(verb, exc.reason, str(exc)) from None
+        if not result.ok:
+            raise _refusal(verb, result.reason, result.message)
+
+    async def resync(self, clean: bool, metadata_filter: Mapping[str, Any] | None) -> None:
+        """Re-read the definitions (and with ``clean``, rebuild the records)."""
+        if self.engine is not None:
+            try:
+                await self.engine.resync(clean=clean, metadata_filter=metadata_filter)
+            except TaskwardenError as exc:
+                raise _refusal("resync", exc.reason, str(exc)) from None
+            return
+        if self.bus is None:
+            raise self._no_engine()
+        from taskwarden.remote import RemoteClient
+
+        client = RemoteClient(self.bus, prefix=self.prefix, timeout=self.timeout)
+        try:
+            result = await client.resync(clean=clean, metadata_filter=metadata_filter)
+        except TaskwardenError as exc:
+            raise _refusal("resync", exc.reason, str(exc)) from None
+        if not result.ok:
+            raise _refusal("resync", result.reason, result.message)
