@@ -1,4 +1,9 @@
-"""The ``taskwarden`` command line."""
+"""The ``taskwarden`` command line.
+
+Each command lives in its own module (``ps``, ``tree``, ``history``, ``logs``), imported
+here for its parser only: rich, the store backends and their drivers are imported when a
+command runs, so ``--help`` starts fast.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
         help="store URL for the process half (default: $TASKWARDEN_STORE or "
         "sqlite:///taskwarden.db)",
     )
+    from taskwarden.cli import ps
+
+    for module in (ps,):
+        module.register(commands)
     return parser
 
 
@@ -47,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         store = args.store or os.environ.get("TASKWARDEN_STORE") or "sqlite:///taskwarden.db"
         return asyncio.run(run_demo(speed=args.speed, store=store))
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        code: int = handler(args)
+        return code
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
