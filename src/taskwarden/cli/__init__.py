@@ -38,9 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         help="store URL for the process half (default: $TASKWARDEN_STORE or "
         "sqlite:///taskwarden.db)",
     )
-    from taskwarden.cli import ps
+    from taskwarden.cli import history, ps, tree
 
-    for module in (ps,):
+    for module in (ps, tree, history):
         module.register(commands)
     return parser
 
