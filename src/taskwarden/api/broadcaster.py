@@ -220,6 +220,8 @@ class Broadcaster:
     # ------------------------------------------------------------------ sources
     def notify(self, process_id: str) -> None:
         """Say that ``process_id`` changed; the feed reads it at the next flush."""
+        # Newer than a record the engine handed over before: read the store instead.
+        self._pending.pop(process_id, None)
         self._dirty.add(process_id)
         self._wake.set()
 
@@ -259,7 +261,7 @@ class Broadcaster:
             for record in current:
                 seen.add(record.process_id)
                 known = self.records.get(record.process_id)
-                if known is None or known.updated_at != record.updated_at or known != record:
+                if (known is None or known != record) and record.process_id not in self._dirty:
                     self._pending.setdefault(record.process_id, record)
             for gone in self.records.keys() - seen:
                 self._dirty.add(gone)
@@ -274,7 +276,7 @@ class Broadcaster:
                 await asyncio.sleep(self.coalesce)
             self._wake.clear()
             pending, self._pending = self._pending, {}
-            dirty, self._dirty = self._dirty - pending.keys(), set()
+            dirty, self._dirty = self._dirty, set()
             fresh: dict[str, ProcessRecord | None] = dict(pending)
             for process_id in sorted(dirty):
                 try:

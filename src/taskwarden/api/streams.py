@@ -65,14 +65,15 @@ async def _changes(subscription: Subscription, keepalive: float) -> AsyncIterato
     missed), with :data:`KEEPALIVE` after ``keepalive`` idle seconds and :data:`RESYNC`
     when the client fell behind and needs a snapshot."""
     try:
-        iterator = aiter(subscription)
         while True:
             try:
-                change = await asyncio.wait_for(anext(iterator), keepalive)
+                # The queue, not the subscription's iterator: a timeout cancels this get,
+                # and cancelling an async generator's step would end the generator.
+                change = await asyncio.wait_for(subscription.queue.get(), keepalive)
             except TimeoutError:
                 yield KEEPALIVE
                 continue
-            except StopAsyncIteration:
+            if change is None:
                 return
             if subscription.overflowed:
                 subscription.overflowed = False

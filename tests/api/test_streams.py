@@ -1,0 +1,400 @@
+"""The change feed and the SSE streams: one read per change, whatever the clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from taskwarden.api import Broadcaster, create_app
+from taskwarden.api.broadcaster import Change
+from taskwarden.api.filters import parse_filter
+from taskwarden.api.streams import list_stream, tree_stream
+from taskwarden.bus.local import LocalBus
+from taskwarden.engine import ProcessContext
+from taskwarden.processes import LogEntry, LogLevel, ProcessRecord, ProcessState
+from taskwarden.stores.memory import MemoryStore
+from tests.engine_support import StateLog, started_engine, task
+
+S = ProcessState
+T0 = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+
+
+def entry(message: str, seconds: int) -> LogEntry:
+    return LogEntry(timestamp=T0 + timedelta(seconds=seconds), level=LogLevel.INFO, message=message)
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryStore]:
+    async with MemoryStore() as opened:
+        await opened.create(ProcessRecord(process_id="root", name="Root", metadata={"team": "a"}))
+        await opened.create(
+            ProcessRecord(
+                process_id="root.kid", name="Kid", parent_id="root", root_id="root", depth=1
+            )
+        )
+        await opened.create(ProcessRecord(process_id="other", name="Other", metadata={"team": "b"}))
+        yield opened
+
+
+@pytest.fixture
+async def feed(store: MemoryStore) -> AsyncIterator[Broadcaster]:
+    broadcaster = Broadcaster(store, poll_interval=None, coalesce=0.01, queue_size=8, retain=4)
+    await broadcaster.start()
+    try:
+        yield broadcaster
+    finally:
+        await broadcaster.close()
+
+
+async def next_change(subscription: Any) -> Change:
+    async with asyncio.timeout(5):
+        change: Change = await anext(aiter(subscription))
+        return change
+
+
+def data(text: str) -> dict[str, Any]:
+    lines = [line for line in text.splitlines() if line.startswith("data: ")]
+    assert len(lines) == 1, text
+    parsed: dict[str, Any] = json.loads(lines[0].removeprefix("data: "))
+    return parsed
+
+
+def event_id(text: str) -> int | None:
+    for line in text.splitlines():
+        if line.startswith("id: "):
+            return int(line.removeprefix("id: "))
+    return None
+
+
+async def take(stream: AsyncIterator[str]) -> str:
+    async with asyncio.timeout(5):
+        return await anext(stream)
+
+
+# ------------------------------------------------------------------ the feed
+async def test_a_burst_of_notifications_is_one_change_and_one_read(
+    feed: Broadcaster, store: MemoryStore
+) -> None:
+    subscription = feed.subscribe()
+    reads = feed.store_reads
+    for percent in range(1000):
+        await store.update_progress("root", percent / 10, f"step {percent}")
+        feed.notify("root")
+    change = await next_change(subscription)
+    assert change.seq == 1
+    assert [p.process_id for p in change.processes] == ["root"]
+    record = change.processes[0].record
+    assert record is not None and record.progress_percent == 99.9
+    assert feed.store_reads == reads + 1
+    assert subscription.queue.empty()
+
+
+async def test_store_reads_do_not_grow_with_the_number_of_clients(
+    feed: Broadcaster, store: MemoryStore
+) -> None:
+    subscriptions = [feed.subscribe() for _ in range(50)]
+    reads = feed.store_reads
+    await store.update_progress("other", 40, "forty")
+    feed.notify("other")
+    changes = [await next_change(s) for s in subscriptions]
+    assert {c.seq for c in changes} == {1}
+    assert feed.store_reads == reads + 1
+    assert feed.subscribers == 50
+
+
+async def test_a_client_that_falls_behind_is_told_to_resync_not_waited_for(
+    feed: Broadcaster, store: MemoryStore
+) -> None:
+    slow = feed.subscribe()
+    fast = feed.subscribe()
+    for step in range(12):  # queue_size is 8
+        await store.update_progress("root", step, None)
+        feed.notify("root")
+        await next_change(fast)
+    assert slow.overflowed
+    assert slow.queue.qsize() <= 8
+    assert feed.seq == 12
+
+
+async def test_since_replays_retained_changes_and_refuses_old_ones(
+    feed: Broadcaster, store: MemoryStore
+) -> None:
+    watcher = feed.subscribe()
+    for step in range(6):  # retain is 4
+        await store.update_progress("root", step, None)
+        feed.notify("root")
+        await next_change(watcher)
+    assert feed.since(6) == []
+    replay = feed.since(3)
+    assert replay is not None and [c.seq for c in replay] == [4, 5, 6]
+    assert feed.since(1) is None
+    assert feed.since(99) is None
+
+
+async def test_log_deltas_and_a_reset_log(feed: Broadcaster, store: MemoryStore) -> None:
+    watcher = feed.subscribe()
+    await store.update_progress("root", None, None, [entry("one", 1), entry("two", 2)])
+    feed.notify("root")
+    first = (await next_change(watcher)).processes[0]
+    assert [e.message for e in first.new_log] == ["one", "two"] and not first.log_cleared
+    await store.update_progress("root", None, None, [entry("three", 3)])
+    feed.notify("root")
+    second = (await next_change(watcher)).processes[0]
+    assert [e.message for e in second.new_log] == ["three"]
+    await store.transition("root", [S.IDLE], S.SCHEDULED)
+    await store.transition("root", [S.SCHEDULED], S.RUNNING, log=(entry("fresh", 9),))
+    feed.notify("root")
+    third = (await next_change(watcher)).processes[0]
+    assert third.log_cleared and [e.message for e in third.new_log] == ["fresh"]
+
+
+async def test_a_deleted_process_is_a_change_without_record(
+    feed: Broadcaster, store: MemoryStore
+) -> None:
+    watcher = feed.subscribe()
+    await store.delete("other")
+    feed.notify("other")
+    change = (await next_change(watcher)).processes[0]
+    assert change.record is None and change.previous is not None
+    assert "other" not in feed.records
+
+
+async def test_bus_events_of_other_workers_feed_it(store: MemoryStore) -> None:
+    async with LocalBus() as bus:
+        broadcaster = Broadcaster(store, bus=bus, coalesce=0.01)
+        await broadcaster.start()
+        try:
+            watcher = broadcaster.subscribe()
+            await store.update_progress("other", 70, "from another worker")
+            await bus.publish("taskwarden.process.progress", {"process_id": "other"})
+            change = await next_change(watcher)
+            record = change.processes[0].record
+            assert record is not None and record.progress_message == "from another worker"
+        finally:
+            await broadcaster.close()
+
+
+async def test_without_a_bus_one_poll_per_interval_sees_other_writers(
+    store: MemoryStore,
+) -> None:
+    broadcaster = Broadcaster(store, poll_interval=0.01, coalesce=0.0)
+    await broadcaster.start()
+    try:
+        watchers = [broadcaster.subscribe() for _ in range(5)]
+        await store.update_progress("root", 5, "written elsewhere")
+        changes = [await next_change(w) for w in watchers]
+        record = changes[0].processes[0].record
+        assert record is not None and record.progress_message == "written elsewhere"
+    finally:
+        await broadcaster.close()
+
+
+async def test_an_engines_changes_and_progress_flushes_reach_it_without_store_reads() -> None:
+    release = asyncio.Event()
+
+    async def chatty(ctx: ProcessContext) -> None:
+        for step in range(200):
+            ctx.report_progress(step / 2, f"step {step}")
+            await asyncio.sleep(0)
+        await release.wait()
+
+    async with started_engine(task("chatty", chatty)) as engine:
+        broadcaster = Broadcaster(engine.store, engine=engine, poll_interval=None, coalesce=0.01)
+        await broadcaster.start()
+        try:
+            watcher = broadcaster.subscribe()
+            states = StateLog(engine)
+            await engine.launch("chatty")
+            await states.wait_for("chatty", S.RUNNING)
+            seen = []
+            async with asyncio.timeout(5):
+                while not seen or seen[-1] != "step 199":
+                    change = await next_change(watcher)
+                    seen.extend(
+                        p.record.progress_message
+                        for p in change.processes
+                        if p.record is not None and p.record.progress_message
+                    )
+            assert len(seen) < 200  # coalesced: far fewer changes than reports
+            release.set()
+            await states.wait_for("chatty", S.DONE)
+        finally:
+            await broadcaster.close()
+
+
+# ------------------------------------------------------------------ the streams
+async def test_list_stream_starts_with_retry_and_a_snapshot_then_filtered_updates(
+    feed: Broadcaster, store: MemoryStore
+) -> None:
+    stream = list_stream(feed, parse_filter('{"team": "a"}'), keepalive=0.05)
+    assert (await take(stream)).startswith("retry: ")
+    snapshot = await take(stream)
+    assert event_id(snapshot) == 0
+    first = data(snapshot)
+    assert first["type"] == "update"
+    assert [p["processId"] for p in first["processes"]] == ["root"]
+    assert "log" not in first["processes"][0]
+
+    await store.update_progress("other", 1, "not ours")  # filtered out: no frame
+    feed.notify("other")
+    assert (await take(stream)) == ": keepalive\n\n"
+    await store.update_progress("root", 30, "ours")
+    feed.notify("root")
+    frame = await take(stream)
+    assert event_id(frame) == 2
+    assert data(frame)["processes"][0]["progress"] == {"percent": 30.0, "message": "ours"}
+    await feed.close()
+    assert data(await take(stream)) == {"type": "shutdown"}
+    with pytest.raises(StopAsyncIteration):
+        await take(stream)
+
+
+async def test_list_stream_resumed_at_the_current_id_skips_the_snapshot(
+    feed: Broadcaster, store: MemoryStore
+) -> None:
+    watcher = feed.subscribe()
+    await store.update_progress("root", 1, None)
+    feed.notify("root")
+    await next_change(watcher)
+    stream = list_stream(feed, None, last_event_id=1, keepalive=0.05)
+    assert (await take(stream)).startswith("retry: ")
+    assert (await take(stream)) == ": keepalive\n\n"
+    stale = list_stream(feed, None, last_event_id=0, keepalive=0.05)
+    await take(stale)
+    assert data(await take(stale))["type"] == "update"
+
+
+async def test_tree_stream_sends_rows_then_log_then_deltas_and_clears(
+    feed: Broadcaster, store: MemoryStore
+) -> None:
+    await store.update_progress("root", None, None, [entry("root says", 1)])
+    await store.update_progress("root.kid", None, None, [entry("kid says", 2)])
+    feed.notify("root")
+    feed.notify("root.kid")
+    await next_change(feed.subscribe())
+
+    stream = tree_stream(feed, "root", None, keepalive=0.05)
+    await take(stream)  # retry
+    assert data(await take(stream)) == {"type": "log-clear"}
+    rows = data(await take(stream))
+    assert rows["type"] == "update"
+    assert [p["processId"] for p in rows["processes"]] == ["root", "root.kid"]
+    log = data(await take(stream))
+    assert log["type"] == "log"
+    assert [(e["processId"], e["message"], e["processLabel"]) for e in log["entries"]] == [
+        ("root", "root says", "Root"),
+        ("root.kid", "kid says", "Kid"),
+    ]
+
+    await store.update_progress("root.kid", 50, None, [entry("kid again", 3)])
+    feed.notify("root.kid")
+    update = data(await take(stream))
+    assert update["type"] == "update"
+    kid = next(p for p in update["processes"] if p["processId"] == "root.kid")
+    assert kid["progress"]["percent"] == 50.0
+    gained = data(await take(stream))
+    assert [e["message"] for e in gained["entries"]] == ["kid again"]
+
+    await store.update_progress("other", 1, None, [entry("elsewhere", 4)])
+    feed.notify("other")
+    assert (await take(stream)) == ": keepalive\n\n"
+
+    await store.transition("root", [S.IDLE], S.SCHEDULED)
+    await store.transition("root", [S.SCHEDULED], S.RUNNING, log=(entry("new run", 5),))
+    feed.notify("root")
+    assert data(await take(stream)) == {"type": "log-clear"}
+    assert data(await take(stream))["type"] == "update"
+    rebuilt = data(await take(stream))
+    assert [e["message"] for e in rebuilt["entries"]] == ["kid says", "kid again", "new run"]
+
+
+async def test_tree_stream_resumes_from_a_retained_id_and_snapshots_an_old_one(
+    feed: Broadcaster, store: MemoryStore
+) -> None:
+    watcher = feed.subscribe()
+    await store.update_progress("root", None, None, [entry("before", 1)])
+    feed.notify("root")
+    await next_change(watcher)  # seq 1: the client saw this
+    await store.update_progress("root", None, None, [entry("missed", 2)])
+    feed.notify("root")
+    await next_change(watcher)  # seq 2: the client was away
+
+    resumed = tree_stream(feed, "root", None, last_event_id=1, keepalive=0.05)
+    await take(resumed)
+    assert data(await take(resumed))["type"] == "update"
+    replay = await take(resumed)
+    assert event_id(replay) == 2
+    assert [e["message"] for e in data(replay)["entries"]] == ["missed"]
+
+    for step in range(5):  # retain is 4: seq 1 falls out
+        await store.update_progress("root", step, None)
+        feed.notify("root")
+        await next_change(watcher)
+    fresh = tree_stream(feed, "root", None, last_event_id=1, keepalive=0.05)
+    await take(fresh)
+    assert data(await take(fresh)) == {"type": "log-clear"}
+
+
+async def test_over_http_streams_carry_sse_headers_and_live_frames() -> None:
+    release = asyncio.Event()
+
+    async def waits(ctx: ProcessContext) -> None:
+        ctx.log("info", "started")
+        await release.wait()
+
+    async with started_engine(task("waits", waits)) as engine:
+        app = create_app(engine.store, engine=engine, coalesce=0.01, keepalive=1.0)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            async with asyncio.timeout(10):
+                while not server.started:  # noqa: ASYNC110 - uvicorn offers no event
+                    await asyncio.sleep(0.01)
+                base = f"http://127.0.0.1:{port}"
+                async with (
+                    httpx.AsyncClient(base_url=base, timeout=10) as client,
+                    client.stream("GET", "/api/processes/stream") as response,
+                ):
+                    assert response.headers["content-type"].startswith("text/event-stream")
+                    assert response.headers["cache-control"] == "no-cache"
+                    assert response.headers["x-accel-buffering"] == "no"
+                    assert "content-encoding" not in response.headers
+                    frames = response.aiter_text()
+                    buffer = ""
+
+                    async def next_frame() -> str:
+                        nonlocal buffer
+                        while "\n\n" not in buffer:
+                            buffer += await anext(frames)
+                        text, buffer = buffer.split("\n\n", 1)
+                        return text
+
+                    assert (await next_frame()).startswith("retry: 3000")
+                    snapshot = data(await next_frame())
+                    assert snapshot["processes"][0]["status"]["state"] == "idle"
+                    launched = await client.post("/api/processes/waits/launch")
+                    assert launched.status_code == 200
+                    while True:
+                        text = await next_frame()
+                        if text.startswith(":"):
+                            continue
+                        rows = data(text)["processes"]
+                        if rows[0]["status"]["state"] == "running":
+                            break
+            release.set()
+        finally:
+            release.set()
+            await app.state.taskwarden.feed.close()
+            server.should_exit = True
+            await serving
