@@ -214,7 +214,7 @@ async def test_an_engines_changes_and_progress_flushes_reach_it_without_store_re
             states = StateLog(engine)
             await engine.launch("chatty")
             await states.wait_for("chatty", S.RUNNING)
-            seen = []
+            seen: list[str] = []
             async with asyncio.timeout(5):
                 while not seen or seen[-1] != "step 199":
                     change = await next_change(watcher)
