@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from taskwarden.api.auth import Authenticate, require_role, resolve_authenticate
 from taskwarden.api.broadcaster import Broadcaster
 from taskwarden.api.commands import CommandRefused, Commands
+from taskwarden.api.health import Metrics, health_router, metrics_router
 from taskwarden.api.routes import NotFound, Service, router
 from taskwarden.errors import ConfigurationError, StoreError
 
@@ -89,7 +90,11 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.taskwarden = service
-    app.include_router(router, dependencies=[Depends(require_role(check))])
+    app.state.taskwarden_metrics = Metrics(feed)
+    guard = [Depends(require_role(check))]
+    app.include_router(router, dependencies=guard)
+    app.include_router(health_router)
+    app.include_router(metrics_router, dependencies=guard)
     _install_error_handlers(app)
     return app
 

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -140,6 +140,10 @@ class Broadcaster:
         self.store_reads = 0
         """Store queries made by the feed (for tests and the metrics: it must not grow
         with the number of clients)."""
+        self.overflows = 0
+        """How many times a client fell behind and was sent a fresh snapshot."""
+        self.listeners: list[Callable[[Change], None]] = []
+        """Called with every published change, before the clients get it (the metrics)."""
         self.closing = asyncio.Event()
         self._history: deque[Change] = deque(maxlen=retain)
         self._subscribers: set[Subscription] = set()
@@ -306,6 +310,11 @@ class Broadcaster:
         self.seq += 1
         change = Change(self.seq, tuple(changes))
         self._history.append(change)
+        for listener in list(self.listeners):
+            try:
+                listener(change)
+            except Exception:
+                logger.exception("change listener %r failed", listener)
         for subscriber in list(self._subscribers):
             self._put(subscriber, change)
 
@@ -315,4 +324,5 @@ class Broadcaster:
             while not subscriber.queue.empty():
                 subscriber.queue.get_nowait()
             subscriber.overflowed = True
+            self.overflows += 1
         subscriber.queue.put_nowait(item)

@@ -388,6 +388,11 @@ class BaseBus(Bus):
 
     # -- state ---------------------------------------------------------------------------
 
+    @property
+    def is_open(self) -> bool:
+        """True between a successful ``open()`` and the start of ``close()``."""
+        return self._is_open and not self._closing
+
     def _require_open(self) -> None:
         if not self._is_open or self._closing:
             raise BusError(f"{type(self).__name__} is not open: call open() or use 'async with'")
