@@ -349,14 +349,16 @@ async def test_restart_critical_task_restarts_now_and_revives_a_task_that_gave_u
     supervisor: Supervisor, clock: FakeClock
 ) -> None:
     runs = Runs(clock, "wait", "crash")
-    supervisor.register_critical_task(config("poll", runs, max_restarts=0))
+    supervisor.register_critical_task(config("poll", runs, max_restarts=1))
     assert not await supervisor.restart_critical_task("poll")  # not started
     async with running(supervisor):
         assert not await supervisor.restart_critical_task("nope")
         assert await supervisor.restart_critical_task("poll")
         assert runs.cancelled == 1
         await supervisor.wait_for_state("poll", TaskState.FAILED, min_attempts=2)
-        assert await supervisor.restart_critical_task("poll")
+        # The manual restart used up max_restarts: only the operator's override revives it.
+        assert not await supervisor.restart_critical_task("poll")
+        assert await supervisor.restart_critical_task("poll", force=True)
         await supervisor.wait_for_state("poll", TaskState.RUNNING, min_attempts=3)
         metrics = supervisor.get_task_metrics("poll")
         assert metrics is not None and metrics.restart_count == 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
@@ -246,22 +246,32 @@ class HealthPolicy:
             )
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskMetrics:
     """A snapshot of what the supervisor measured for one task name.
 
     Runs are the supervised runs of a critical task and the calls of an
     :func:`~taskwarden.supervisor.instrumented_task` function of that name.
+
+    It can also be built as seed 002's dataclass, from a name and a category alone:
+    ``TaskMetrics(name="poll", category=TaskCategory.SCHEDULED)`` has priority
+    ``NORMAL``, ``start_time`` now, every count zero and no last error or restart. Unlike
+    the seed's, times are timezone-aware UTC datetimes (``.timestamp()`` gives the seed's
+    epoch seconds), and "now" is the time of construction, not of the import.
     """
 
     name: str
     category: TaskCategory
-    priority: TaskPriority
-    critical: bool
+    priority: TaskPriority = TaskPriority.NORMAL
+    critical: bool = False
     """True for a registered critical task, False for a name seen only by instrumentation."""
-    state: TaskState | None
+    state: TaskState | None = None
     """The critical task's state; None for a name seen only by instrumentation."""
-    start_time: datetime
+    start_time: datetime = field(default_factory=_utc_now)
     """When the supervisor first saw this name (registration or first run)."""
     runs: int = 0
     restart_count: int = 0
@@ -272,6 +282,17 @@ class TaskMetrics:
     error_count: int = 0
     last_error: str | None = None
     last_error_time: datetime | None = None
+
+    def __post_init__(self) -> None:
+        for label, kind in (("category", TaskCategory), ("priority", TaskPriority)):
+            value = getattr(self, label)
+            try:
+                object.__setattr__(self, label, kind(value))  # "high" -> TaskPriority.HIGH
+            except ValueError:
+                choices = ", ".join(member.value for member in kind)
+                raise ConfigurationError(
+                    f"{label} of {self.name!r} must be one of {choices}, got {value!r}"
+                ) from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

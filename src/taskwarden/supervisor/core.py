@@ -18,7 +18,7 @@ import functools
 import inspect
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import replace
 from types import TracebackType
@@ -76,6 +76,7 @@ class _Watched:
         "probe_failed",
         "ready",
         "runner",
+        "runs_started",
         "started_at",
         "state",
         "stats",
@@ -90,6 +91,7 @@ class _Watched:
         self.runner: asyncio.Task[None] | None = None
         self.attempt: asyncio.Task[OperationStatus] | None = None
         self.attempts = 0
+        self.runs_started = 0  # runs that entered their scope (attempts counts earlier)
         self.started_at: float | None = None
         self.changed = asyncio.Event()
         self.ready = asyncio.Event()
@@ -178,6 +180,10 @@ class Supervisor:
         self._task_group: asyncio.TaskGroup | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
+        self._start_done: asyncio.Event | None = None
+        self._host: asyncio.Task[ShutdownReport | None] | None = None
+        self._shutdowns = 0  # shutdowns under way
+        self._shutdown_idle: asyncio.Event | None = None
         self._last_report: ShutdownReport | None = None
 
     # ------------------------------------------------------------------ default instance
@@ -403,7 +409,8 @@ class Supervisor:
         return grouped
 
     # ------------------------------------------------------------------ start / run / stop
-    async def __aenter__(self) -> Supervisor:
+    def _begin(self) -> None:
+        """Become ``STARTING``: the part of every start that runs before its first await."""
         if self._state is not SupervisorState.STOPPED:
             raise ConfigurationError(
                 f"the supervisor is {self._state.value}: enter it once at a time"
@@ -411,21 +418,33 @@ class Supervisor:
         self._state = SupervisorState.STARTING
         self._loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
+        self._start_done = asyncio.Event()
         self._last_report = None
-        group = asyncio.TaskGroup()
-        await group.__aenter__()
-        self._task_group = group
-        watched = list(self._watched.values())
-        for item in watched:
-            self._spawn(item)
+
+    async def _open(self) -> None:
+        """Open the task group and start every registered task; ``STARTED`` once all run."""
+        assert self._start_done is not None
         try:
-            # Ready once every first run has entered its scope (or its runner ended).
-            await asyncio.gather(*(item.ready.wait() for item in watched))
-        except BaseException as exc:
-            await self._abort_start(exc)
-            raise
-        self._state = SupervisorState.STARTED
-        logger.info("supervisor started with %d critical task(s)", len(watched))
+            group = asyncio.TaskGroup()
+            await group.__aenter__()
+            self._task_group = group
+            watched = list(self._watched.values())
+            for item in watched:
+                self._spawn(item)
+            try:
+                # Ready once every first run has entered its scope (or its runner ended).
+                await asyncio.gather(*(item.ready.wait() for item in watched))
+            except BaseException as exc:
+                await self._abort_start(exc)
+                raise
+            self._state = SupervisorState.STARTED
+            logger.info("supervisor started with %d critical task(s)", len(watched))
+        finally:
+            self._start_done.set()
+
+    async def __aenter__(self) -> Supervisor:
+        self._begin()
+        await self._open()
         return self
 
     async def _abort_start(self, exc: BaseException) -> None:
@@ -444,6 +463,8 @@ class Supervisor:
         try:
             if self._state is SupervisorState.STARTED:
                 await self.shutdown()
+            elif self._shutdown_idle is not None and self._shutdowns:
+                await self._shutdown_idle.wait()  # one is under way (cancel_all_tasks...)
         finally:
             group, self._task_group = self._task_group, None
             if group is not None:
@@ -456,16 +477,82 @@ class Supervisor:
             self._state = SupervisorState.STOPPED
 
     async def run(self) -> ShutdownReport | None:
-        """Start, run until :meth:`stop` is called, shut down; the shutdown's report."""
-        async with self:
-            assert self._stop_requested is not None
+        """Start, run until :meth:`stop` is called, shut down; the shutdown's report.
+
+        A :meth:`shutdown` called directly (or :meth:`cancel_all_tasks`) also ends it.
+        """
+        self._begin()
+        return await self._serve()
+
+    async def _serve(self) -> ShutdownReport | None:
+        await self._open()
+        assert self._stop_requested is not None
+        try:
             await self._stop_requested.wait()
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        await self.__aexit__(None, None, None)
         return self._last_report
 
+    def start(self) -> None:
+        """Begin supervising in the background: seed 002's ``TaskManager.start()``.
+
+        A plain method, called from inside a running event loop (a coroutine, a callback):
+        it returns at once, and a background task named ``taskwarden-supervisor`` does what
+        ``async with`` does: every registered critical task starts, each with its health
+        checks, until :meth:`stop`. The state is ``STARTING`` on return and ``STARTED``
+        once every first run is running (:meth:`restart_critical_task` waits for that).
+
+        Calling it again while it supervises is a no-op, and so is calling it inside
+        ``async with`` or :meth:`run`. After :meth:`stop` has finished (``await``
+        :meth:`wait_stopped`), it starts again.
+
+        Raises:
+            ConfigurationError: no event loop is running in this thread, or a stop is still
+                under way (await :meth:`wait_stopped` first).
+        """
+        if self._state is SupervisorState.STOPPING or (
+            self._host is not None and not self._host.done() and self._stop_pending()
+        ):
+            raise ConfigurationError(
+                "the supervisor is stopping: await wait_stopped() before starting it again"
+            )
+        if self._state is not SupervisorState.STOPPED:
+            logger.debug("supervisor.start(): already %s", self._state.value)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise ConfigurationError(
+                "Supervisor.start() needs a running event loop: call it from async code, "
+                "or use asyncio.run(supervisor.run())"
+            ) from None
+        self._begin()
+        host = loop.create_task(self._serve(), name="taskwarden-supervisor")
+        host.add_done_callback(self._host_done)
+        self._host = host
+
+    def _stop_pending(self) -> bool:
+        event = self._stop_requested
+        return event is not None and event.is_set()
+
+    @staticmethod
+    def _host_done(host: asyncio.Task[ShutdownReport | None]) -> None:
+        # Nobody need await the background task: a failure of it is logged here.
+        if not host.cancelled() and (exc := host.exception()) is not None:
+            logger.critical("the supervisor started by start() failed", exc_info=exc)
+
     def stop(self) -> None:
-        """Ask :meth:`run` to shut down; safe from any thread, does nothing if not running."""
+        """Stop supervising: seed 002's ``TaskManager.stop()``. Safe from any thread.
+
+        It shuts down what :meth:`start` began, and makes :meth:`run` return, through
+        :meth:`shutdown`, in the background: ``await`` :meth:`wait_stopped` to wait for the
+        end and get the report. Inside ``async with`` it does nothing, since leaving the
+        block is the shutdown. Calling it again, or before any start, does nothing.
+        """
         event, loop = self._stop_requested, self._loop
-        if event is None or loop is None:
+        if event is None or loop is None or loop.is_closed():
             return
         try:
             running = asyncio.get_running_loop()
@@ -476,12 +563,28 @@ class Supervisor:
         else:
             loop.call_soon_threadsafe(event.set)
 
-    def _spawn(self, watched: _Watched, *, restart: bool = False) -> None:
+    async def wait_stopped(self) -> ShutdownReport | None:
+        """Wait until what :meth:`start` began has shut down; the shutdown's report.
+
+        Returns at once (the last report, or None) if nothing was started by
+        :meth:`start`. Cancelling the caller does not cancel the supervisor. A failure of
+        the background supervising is raised here.
+        """
+        host = self._host
+        if host is None:
+            return self._last_report
+        await asyncio.wait({host})
+        if host.cancelled():
+            return self._last_report
+        return host.result()
+
+    def _spawn(self, watched: _Watched) -> None:
         group = self._task_group
         assert group is not None
         watched.ready.clear()
+        watched.manual_restart = False  # a request left over from a previous session
         watched.runner = group.create_task(
-            self._supervise(watched, restart=restart),
+            self._supervise(watched),
             name=f"taskwarden-supervisor:{watched.config.name}",
         )
 
@@ -495,27 +598,33 @@ class Supervisor:
     ) -> TaskState:
         """Wait until ``name`` is in one of ``states`` having started ``min_attempts`` runs.
 
-        Bound it with ``asyncio.timeout``. Raises
+        A run counts once it is running (it entered its scope), so after a manual restart
+        ``wait_for_state(name, TaskState.RUNNING, min_attempts=n + 1)`` waits for the new
+        run, not the old one. Bound it with ``asyncio.timeout``. Raises
         :class:`~taskwarden.errors.ConfigurationError` if ``name`` is not registered.
         """
         watched = self._watched.get(name)
         if watched is None:
             raise ConfigurationError(f"no critical task named {name!r} is registered")
-        while not (watched.state in states and watched.attempts >= min_attempts):
+        while not (watched.state in states and watched.runs_started >= min_attempts):
             await watched.changed.wait()
         return watched.state
 
     # ------------------------------------------------------------------ supervision
-    async def _supervise(self, watched: _Watched, *, restart: bool) -> None:
+    async def _supervise(self, watched: _Watched) -> None:
         config = watched.config
+        # Automatic restarts are counted here; manual ones by restart_critical_task, at
+        # once, so that its delay and limit checks see them before the runner runs again.
+        counted = True  # the first run is no restart
         try:
             while True:
-                if restart:
+                if not counted:
                     self._book.note_restart(watched.stats)
-                restart = True
+                counted = False
                 status = await self._run_once(watched)
                 if watched.manual_restart:
                     watched.manual_restart = False
+                    counted = True
                     continue
                 failed = status is OperationStatus.FAILED or watched.probe_failed
                 watched.probe_failed = False
@@ -544,7 +653,7 @@ class Supervisor:
                 self._set_state(watched, TaskState.BACKOFF)
                 watched.wake.clear()
                 await self._sleep_or_wake(watched, delay)
-                watched.manual_restart = False
+                counted, watched.manual_restart = watched.manual_restart, False
         finally:
             watched.ready.set()
 
@@ -601,6 +710,7 @@ class Supervisor:
         try:
             async with scope:
                 watched.started_at = started
+                watched.runs_started += 1
                 self._set_state(watched, TaskState.RUNNING)
                 watched.ready.set()
                 result = await config.factory()
@@ -679,6 +789,15 @@ class Supervisor:
             return False
         return task.result()
 
+    def _cancel_attempt(self, attempt: asyncio.Task[OperationStatus], message: str) -> None:
+        """Cancel a run through its scope (so the history says why), or its task if the run
+        has not started: a scope cancelled before it is entered would not stop it."""
+        run = self._runs.get(attempt)
+        if run is not None and run.scope.status is not OperationStatus.PENDING:
+            run.scope.cancel_sync(CancelationReason.MANUAL, message)
+        else:
+            attempt.cancel(message)
+
     def _stop_watched(self, watched: _Watched, message: str) -> None:
         """Cancel a task's runner and its run (without waiting for them)."""
         runner = watched.runner
@@ -686,48 +805,66 @@ class Supervisor:
             runner.cancel()
         attempt = watched.attempt
         if attempt is not None and not attempt.done():
-            run = self._runs.get(attempt)
-            if run is not None:
-                run.scope.cancel_sync(CancelationReason.MANUAL, message)
-            else:
-                attempt.cancel(message)
+            self._cancel_attempt(attempt, message)
         if watched.state is not TaskState.FAILED:
             self._set_state(watched, TaskState.STOPPED)
 
-    async def restart_critical_task(self, name: str) -> bool:
-        """Restart ``name`` now, skipping any backoff; False if unknown or not running.
+    async def restart_critical_task(self, name: str, *, force: bool = False) -> bool:
+        """Restart ``name`` now, skipping any backoff, if seed 002's rules allow it.
 
-        A running run is cancelled first and waited for up to ``stop_timeout`` (False if it
-        ignores the cancel). A task that gave up (``FAILED``) starts afresh: its restart
-        window is cleared. The restart counts in its metrics.
+        Returns False, and restarts nothing, when:
+
+        - no critical task has that name, or the supervisor is not started (called while
+          it is starting, for instance right after :meth:`start`, it waits for the start);
+        - fewer than ``restart_delay`` seconds have passed since its last restart;
+        - ``max_restarts`` restarts already lie inside its ``restart_window``.
+
+        Manual restarts count against the delay and the window together with the automatic
+        ones; restarts older than the window no longer count, so a refused task can be
+        restarted again later. ``force=True`` skips both rules (an operator's override); a
+        task that gave up (``FAILED``) and is forced starts afresh, its window cleared.
+
+        A running run is cancelled first and waited for up to ``stop_timeout``: False if it
+        ignores the cancel (the restart then happens when it does end). The restart counts
+        in its metrics as soon as it is granted.
         """
         watched = self._watched.get(name)
+        if watched is not None and self._state is SupervisorState.STARTING:
+            assert self._start_done is not None
+            await self._start_done.wait()
+            watched = self._watched.get(name)
         if watched is None:
             logger.warning("cannot restart %r: no critical task has that name", name)
             return False
         if self._state is not SupervisorState.STARTED:
             logger.warning("cannot restart %r: the supervisor is %s", name, self._state.value)
             return False
+        if not force:
+            refusal = self._book.restart_refusal(watched.stats, watched.config)
+            if refusal is not None:
+                logger.warning("cannot restart %r now: %s (force=True overrides)", name, refusal)
+                return False
+        if watched.manual_restart:
+            return True  # the restart granted a moment ago is on its way: not a second one
         attempt = watched.attempt
         runner = watched.runner
         if attempt is not None and not attempt.done():
-            run = self._runs.get(attempt)
+            self._book.note_restart(watched.stats)
             watched.manual_restart = True
-            if run is not None:
-                run.scope.cancel_sync(CancelationReason.MANUAL, "restart requested")
-            else:
-                attempt.cancel("restart requested")
+            self._cancel_attempt(attempt, "restart requested")
             if await wait_all(self._clock, (attempt,), self._stop_timeout):
                 logger.error("cannot restart %r: its run ignored the cancel", name)
                 return False
             return True
         if runner is not None and not runner.done():  # waiting out a backoff
+            self._book.note_restart(watched.stats)
             watched.manual_restart = True
             watched.wake.set()
             return True
-        if watched.state is TaskState.FAILED:
+        if watched.state is TaskState.FAILED and force:
             self._book.clear_restarts(watched.stats)
-        self._spawn(watched, restart=True)
+        self._book.note_restart(watched.stats)
+        self._spawn(watched)
         return True
 
     # ------------------------------------------------------------------ shutdown
@@ -743,11 +880,18 @@ class Supervisor:
         Restarts stop first. Then each phase cancels the tasks of one priority (in
         ``shutdown_order``) and waits for them up to ``phase_timeout`` seconds (default
         ``shutdown_phase_timeout``); a task that swallows the cancel is reported in
-        :attr:`ShutdownReport.left` and the shutdown goes on without it.
+        :attr:`ShutdownReport.left` and the shutdown goes on without it (it never raises
+        for that: :meth:`ShutdownReport.raise_if_left` turns it into
+        :class:`~taskwarden.errors.ShutdownTimeout`). This is the safe default: it cancels
+        nothing the supervisor does not own unless asked to.
+
+        It also ends :meth:`run` and what :meth:`start` began. The state is ``STOPPED``
+        once the last of several concurrent shutdowns has finished.
 
         Args:
             include_all_tasks: also cancel every other task of the running loop (but the
-                caller and ``exclude``), each in the phase of its category's priority.
+                caller, ``exclude`` and the supervisor's own tasks), each in the phase of
+                its category's priority; see the warning of :meth:`cancel_all_tasks`.
             phase_timeout: seconds each phase waits.
             exclude: tasks never to cancel.
         """
@@ -755,7 +899,30 @@ class Supervisor:
         if not timeout > 0:
             raise ConfigurationError(f"phase_timeout must be > 0 seconds, got {timeout!r}")
         self._state = SupervisorState.STOPPING
-        skip: set[asyncio.Task[Any]] = set(exclude)
+        if not self._shutdowns:
+            self._shutdown_idle = asyncio.Event()
+        self._shutdowns += 1
+        try:
+            report = await self._shut_down(include_all_tasks, set(exclude), phase_seconds=timeout)
+        finally:
+            self._shutdowns -= 1
+            if not self._shutdowns:
+                self._state = SupervisorState.STOPPED
+                if self._stop_requested is not None:
+                    self._stop_requested.set()  # run() and start()'s task return
+                if self._shutdown_idle is not None:
+                    self._shutdown_idle.set()
+        self._last_report = report
+        logger.info(
+            "supervisor stopped: %d phase(s), %d task(s) left",
+            len(report.phases),
+            len(report.left),
+        )
+        return report
+
+    async def _shut_down(
+        self, include_all_tasks: bool, skip: set[asyncio.Task[Any]], *, phase_seconds: float
+    ) -> ShutdownReport:
         current = asyncio.current_task()
         if current is not None:
             skip.add(current)
@@ -768,14 +935,16 @@ class Supervisor:
         for task, run in list(self._runs.items()):
             if task not in skip and not task.done():
                 config = run.watched.config
-                cancel = functools.partial(
-                    run.scope.cancel_sync, CancelationReason.MANUAL, _SHUTDOWN_MESSAGE
+                cancel: Callable[[], object] = functools.partial(
+                    self._cancel_attempt, task, _SHUTDOWN_MESSAGE
                 )
                 targets.setdefault(config.priority, []).append(
                     PhaseTarget(name=config.name, task=task, cancel=cancel, owned=True)
                 )
         if include_all_tasks:
-            owned = set(self._runs) | set(runners)
+            owned: set[asyncio.Task[Any]] = set(self._runs) | set(runners)
+            if self._host is not None:
+                owned.add(self._host)  # start()'s task ends by itself once this is done
             for task in asyncio.all_tasks():
                 if task in skip or task in owned or task.done():
                     continue
@@ -785,24 +954,30 @@ class Supervisor:
                 targets.setdefault(priority, []).append(
                     PhaseTarget(name=name, task=task, cancel=cancel, owned=False)
                 )
-        report = await cancel_in_phases(self._clock, self._shutdown_order, targets, timeout)
+        report = await cancel_in_phases(self._clock, self._shutdown_order, targets, phase_seconds)
         for watched in self._watched.values():
             attempt = watched.attempt
             if attempt is not None and not attempt.done():
                 continue  # ignored the cancel: RUNNING until it ends (see _run_done)
             if watched.state in (TaskState.RUNNING, TaskState.BACKOFF):
                 self._set_state(watched, TaskState.STOPPED)
-        self._last_report = report
-        self._state = SupervisorState.STOPPED
-        logger.info(
-            "supervisor stopped: %d phase(s), %d task(s) left",
-            len(report.phases),
-            len(report.left),
-        )
         return report
 
     async def cancel_all_tasks(self, *, phase_timeout: float | None = None) -> ShutdownReport:
-        """Seed 002's spelling of ``shutdown(include_all_tasks=True)``: every task of the loop."""
+        """Seed 002's ``cancel_all_tasks()``: cancel **every** task of the loop but the caller.
+
+        The same as ``shutdown(include_all_tasks=True)``: the supervised runs and every
+        other task of the running loop, in priority phases, except the calling task and
+        the supervisor's own tasks.
+
+        .. warning::
+            "Every task but the caller" includes the tasks that are *awaiting* the caller:
+            its parents. Called in a task that ``main()`` awaits (``asyncio.gather``,
+            ``create_task`` then ``await``, a ``TaskGroup`` child, a web framework's
+            request task), it cancels ``main()`` too, and every task that awaits that.
+            Call it only from the outermost task, as the last step of an exit, or use
+            :meth:`shutdown` (only what the supervisor owns), the safe default.
+        """
         return await self.shutdown(include_all_tasks=True, phase_timeout=phase_timeout)
 
     def __repr__(self) -> str:

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from taskwarden.clock import Clock
 from taskwarden.supervisor.config import (
+    CriticalTaskConfig,
     HealthPolicy,
     TaskCategory,
     TaskHealth,
@@ -179,6 +180,31 @@ class MetricsBook:
         """The restarts of the last ``window`` seconds."""
         with self._lock:
             return _count_since(stats.restarts, self._clock.now() - window)
+
+    def restart_refusal(self, stats: TaskStats, config: CriticalTaskConfig) -> str | None:
+        """Why a manual restart of ``stats``'s task must wait, or None if it may go now.
+
+        Seed 002's two rules: ``restart_delay`` seconds must have passed since the last
+        restart, and fewer than ``max_restarts`` restarts may lie inside ``restart_window``
+        (automatic and manual ones alike; older ones have left the window).
+        """
+        with self._lock:
+            now = self._clock.now()
+            last = stats.last_restart_at
+            if last is not None and now - last < config.restart_delay:
+                return (
+                    f"its last restart was {now - last:g}s ago, "
+                    f"under its restart_delay of {config.restart_delay:g}s"
+                )
+            limit = config.max_restarts
+            if limit is not None:
+                recent = _count_since(stats.restarts, now - config.restart_window)
+                if recent >= limit:
+                    return (
+                        f"{recent} restart(s) in the last {config.restart_window:g}s "
+                        f"reached max_restarts ({limit})"
+                    )
+        return None
 
     def clear_restarts(self, stats: TaskStats) -> None:
         """Forget the restarts in the window (the total count stays)."""
