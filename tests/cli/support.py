@@ -82,8 +82,11 @@ class LineReader:
         self._thread.start()
 
     def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._queue.put(line.rstrip("\n"))
+        try:
+            for line in stream:
+                self._queue.put(line.rstrip("\n"))
+        except (ValueError, OSError):  # closed by stop() while reading: the end
+            pass
         self._queue.put(None)
 
     def wait_for(self, predicate: Callable[[str], bool], timeout: float = BOUND) -> str:
@@ -118,10 +121,13 @@ class LineReader:
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
-    """Kill a child process if it still runs, and reap it."""
+    """Kill a child process if it still runs, reap it, and close its pipes."""
     if proc.poll() is None:
         proc.kill()
     proc.wait(timeout=BOUND)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
 # -- the records the command tests read ----------------------------------------------

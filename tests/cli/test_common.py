@@ -18,7 +18,7 @@ import pytest
 
 from tests.cli.support import BOUND, ROOT, assert_clean_failure, cli_env, run_cli
 
-READ_COMMANDS = [["ps"], ["tree", "x"], ["history"]]
+READ_COMMANDS = [["ps"], ["tree", "x"], ["history"], ["logs", "x"]]
 
 
 @pytest.mark.parametrize("command", READ_COMMANDS, ids=lambda c: c[0])

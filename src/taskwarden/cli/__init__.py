@@ -38,9 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         help="store URL for the process half (default: $TASKWARDEN_STORE or "
         "sqlite:///taskwarden.db)",
     )
-    from taskwarden.cli import history, ps, tree
+    from taskwarden.cli import history, logs, ps, tree
 
-    for module in (ps, tree, history):
+    for module in (ps, tree, history, logs):
         module.register(commands)
     return parser
 
