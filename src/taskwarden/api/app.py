@@ -15,6 +15,7 @@ from taskwarden.api.broadcaster import Broadcaster
 from taskwarden.api.commands import CommandRefused, Commands
 from taskwarden.api.health import Metrics, health_router, metrics_router
 from taskwarden.api.routes import NotFound, Service, router
+from taskwarden.api.web import web_router
 from taskwarden.errors import ConfigurationError, StoreError
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ def create_app(
     app.include_router(router, dependencies=guard)
     app.include_router(health_router)
     app.include_router(metrics_router, dependencies=guard)
+    app.include_router(web_router)
     _install_error_handlers(app)
     return app
 

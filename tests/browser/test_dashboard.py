@@ -1,0 +1,206 @@
+"""The dashboard in a real browser: Debian's Chromium, driven by Selenium, on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import uvicorn
+
+from taskwarden.api import create_app
+from taskwarden.engine import Engine, ProcessContext
+from tests.engine_support import definitions, task
+
+pytestmark = pytest.mark.browser
+
+T = TypeVar("T")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+async def report(ctx: ProcessContext) -> None:
+    ctx.log("info", "report starts")
+
+    async def part(child: ProcessContext) -> None:
+        child.report_progress(100, "part written")
+
+    await ctx.run_child(part, "report.part1", "Part one")
+    ctx.report_progress(50, "half way")
+    gate: asyncio.Event = ctx.services["gate"]
+    await gate.wait()
+
+
+async def broken(ctx: ProcessContext) -> None:
+    raise RuntimeError("the disk is full")
+
+
+class ServedEngine:
+    """An engine and the service on a loopback port, in a thread with its own loop."""
+
+    def __init__(self, store_url: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.store_url = store_url
+        self.server: uvicorn.Server | None = None
+        self.serving: asyncio.Task[None] | None = None
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout=30)
+
+    async def start(self) -> int:
+        self.gate = asyncio.Event()
+        self.engine = Engine(
+            self.store_url,
+            get_task_definitions=definitions(
+                task("report", report), task("broken", broken), task("idle-one")
+            ),
+            services={"gate": self.gate},
+            progress_flush_interval=0.0,
+        )
+        await self.engine.init()
+        self.app = create_app(self.engine.store, engine=self.engine, coalesce=0.05)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        self.serving = asyncio.create_task(self.server.serve(sockets=[sock]))
+        async with asyncio.timeout(10):
+            while not self.server.started:  # noqa: ASYNC110 - uvicorn offers no event
+                await asyncio.sleep(0.01)
+        return port
+
+    async def stop(self) -> None:
+        self.gate.set()
+        await self.app.state.taskwarden.feed.close()
+        if self.server is not None and self.serving is not None:
+            self.server.should_exit = True
+            await self.serving
+        await self.engine.shutdown(timeout=5)
+
+    def close(self) -> None:
+        try:
+            self.call(self.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[ServedEngine, int]]:
+    served = ServedEngine(f"sqlite:///{tmp_path / 'dash.db'}")
+    try:
+        port = served.call(served.start())
+        yield served, port
+    finally:
+        served.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium and chromium-driver are needed (apt-get install them)")
+        pytest.skip("chromium and chromium-driver are not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_the_dashboard_shows_and_steers_live_processes(
+    served: tuple[ServedEngine, int], browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    engine_host, port = served
+    wait = WebDriverWait(browser, 15)
+    browser.get(f"http://127.0.0.1:{port}/")
+
+    def text_of(selector: str) -> str:
+        return str(browser.find_element(By.CSS_SELECTOR, selector).text)
+
+    def state_of(process_id: str) -> str:
+        return text_of(f'#rows tr[data-id="{process_id}"] .state')
+
+    wait.until(lambda _: text_of("#connection") == "connected")
+    wait.until(lambda _: len(browser.find_elements(By.CSS_SELECTOR, "#rows tr")) == 3)
+    assert state_of("report") == "idle"
+    assert "idle 3" in text_of('#counts [data-state="idle"]').replace("\n", " ")
+
+    # Launched elsewhere (here: the engine), the change arrives live.
+    engine_host.call(engine_host.engine.launch("broken"))
+    wait.until(lambda _: state_of("broken") == "failed")
+    wait.until(lambda _: text_of("#failures") == "1")
+
+    # Open a tree, launch from the page, watch progress, children and the log arrive.
+    browser.find_element(By.CSS_SELECTOR, '#rows tr[data-id="report"]').click()
+    wait.until(ec.visibility_of_element_located((By.ID, "detail")))
+    wait.until(lambda _: text_of("#detail-title") == "report")
+    browser.find_element(By.ID, "launch").click()
+    wait.until(lambda _: state_of("report") == "running")
+    wait.until(lambda _: "half way" in text_of('#tree li[data-id="report"] .message'))
+    wait.until(lambda _: "part written" in text_of('#tree li[data-id="report.part1"] .message'))
+    wait.until(lambda _: "report starts" in text_of("#log"))
+    bar = browser.find_element(By.CSS_SELECTOR, '#tree li[data-id="report"] progress')
+    assert bar.get_attribute("value") == "50"
+
+    # A refused command says why.
+    browser.find_element(By.ID, "close-detail").click()
+    browser.find_element(By.CSS_SELECTOR, '#rows tr[data-id="idle-one"]').click()
+    wait.until(lambda _: text_of("#detail-title") == "idle-one")
+    browser.execute_script("document.getElementById('dismiss').disabled = false")
+    browser.find_element(By.ID, "dismiss").click()
+    wait.until(lambda _: "not-dismissable" in text_of("#command-result"))
+
+    # Paused, the list holds still; resumed, it catches up.
+    browser.find_element(By.ID, "pause").click()
+    engine_host.call(engine_host.engine.cancel("report"))
+    wait.until(lambda _: text_of("#pending") == "updates waiting")
+    assert state_of("report") == "running"
+    browser.find_element(By.ID, "pause").click()
+    wait.until(lambda _: state_of("report") == "cancelled")
+
+    # Filters: by state, and the children toggle.
+    browser.find_element(By.CSS_SELECTOR, '#state-filter option[value="failed"]').click()
+    wait.until(
+        lambda _: (
+            [r.get_attribute("data-id") for r in browser.find_elements(By.CSS_SELECTOR, "#rows tr")]
+            == ["broken"]
+        )
+    )
+
+
+def test_assets_are_served_from_the_package_and_others_are_not(
+    served: tuple[ServedEngine, int],
+) -> None:
+    import httpx
+
+    _, port = served
+    base = f"http://127.0.0.1:{port}"
+    page = httpx.get(f"{base}/")
+    assert page.status_code == 200 and "static/app.js" in page.text
+    script = httpx.get(f"{base}/static/app.js")
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "EventSource" in script.text
+    assert httpx.get(f"{base}/static/../__init__.py").status_code == 404
+    assert httpx.get(f"{base}/static/secret.txt").status_code == 404
