@@ -15,7 +15,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
-from taskwarden.model import OperationStatus, RunRecord
+from taskwarden.model import OperationStatus, RunRecord, WorkerRecord
 from taskwarden.processes import LogEntry, ProcessRecord, ProcessState
 
 
@@ -425,9 +425,15 @@ class Store(ABC):
 
     @abstractmethod
     async def claim(
-        self, worker: str, lease_seconds: float, limit: int = 1
+        self,
+        worker: str,
+        lease_seconds: float,
+        limit: int = 1,
+        *,
+        process_ids: Collection[str] | None = None,
     ) -> builtins.list[ProcessRecord]:
-        """Take up to ``limit`` ``scheduled`` processes that have no live lease.
+        """Take up to ``limit`` ``scheduled`` processes that have no live lease (only among
+        ``process_ids`` when given: a worker claims what it has definitions for).
 
         A lease is live while ``lease_owner`` is set and ``lease_expires_at`` is after the
         store clock's now, or is None (a hold without expiry, e.g. an engine keeping a child
@@ -448,6 +454,28 @@ class Store(ABC):
         processes among ``process_ids``; return the ids renewed (in no particular order).
         An id missing from the result was lost (expired and recovered, or ended): the
         worker must stop working on it. Atomic."""
+
+    @abstractmethod
+    async def renew_held(
+        self, worker: str, lease_seconds: float
+    ) -> builtins.list[tuple[str, ProcessState]]:
+        """Extend to ``now + lease_seconds`` every lease ``worker`` holds on an active
+        process, in one statement whatever their number, and return ``(process_id, state)``
+        of each. A run the worker has that is missing was lost (its lease expired and was
+        reaped); a ``cancel_requested`` state is a cancel whose notification may have been
+        lost. ``updated_at`` is left alone: a renewal is not a change of the process."""
+
+    @abstractmethod
+    async def put_worker(self, worker: WorkerRecord) -> None:
+        """Insert or replace the record of one worker incarnation."""
+
+    @abstractmethod
+    async def list_workers(self) -> builtins.list[WorkerRecord]:
+        """Every worker record, by name then incarnation."""
+
+    @abstractmethod
+    async def remove_worker(self, incarnation: str) -> bool:
+        """Delete a worker record (a worker leaving cleanly); False when there was none."""
 
     @abstractmethod
     async def release(self, worker: str, process_ids: Collection[str]) -> builtins.list[str]:

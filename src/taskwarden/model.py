@@ -25,6 +25,8 @@ __all__ = [
     "OperationStatus",
     "ProgressCallback",
     "RunRecord",
+    "WorkerRecord",
+    "WorkerStatus",
     "format_id",
     "new_id",
     "parse_sequence",
@@ -244,3 +246,51 @@ class RunRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
     process_id: str | None = None
     run_number: int | None = None
+
+
+class WorkerStatus(StrEnum):
+    """A worker's liveness as its record tells it (seed 003's words)."""
+
+    OK = "ok"
+    STALE = "stale"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRecord:
+    """One worker process as it records itself in the store, renewed every lease tick.
+
+    ``incarnation`` is new at every start (never just a host name), so a restarted worker
+    is a new record and the runs of the old one are recognisably someone else's.
+    """
+
+    incarnation: str
+    name: str
+    host: str
+    pid: int
+    started_at: datetime
+    renewed_at: datetime
+    runs: int = 0
+    concurrency: int | None = None
+    process_ids: tuple[str, ...] = ()
+
+    def status(self, now: datetime, stale_after: float) -> WorkerStatus:
+        """``ok`` when renewed within ``stale_after`` seconds of ``now``, else ``stale``."""
+        age = (now - self.renewed_at).total_seconds()
+        return WorkerStatus.OK if age <= stale_after else WorkerStatus.STALE
+
+    def to_document(self, now: datetime, stale_after: float) -> dict[str, Any]:
+        """The JSON shape of the API and the CLI (camelCase, ISO-8601 times)."""
+        return {
+            "incarnation": self.incarnation,
+            "name": self.name,
+            "host": self.host,
+            "pid": self.pid,
+            "startedAt": self.started_at.isoformat(),
+            "renewedAt": self.renewed_at.isoformat(),
+            "runs": self.runs,
+            "concurrency": self.concurrency,
+            "processIds": list(self.process_ids),
+            "status": str(self.status(now, stale_after)),
+            "secondsSince": round((now - self.renewed_at).total_seconds(), 3),
+        }

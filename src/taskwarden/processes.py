@@ -182,8 +182,11 @@ class ProcessRecord:
     (incremented by the store on every transition into ``running``), ``lease_owner`` and
     ``lease_expires_at`` (who holds the process and until when), ``last_cron_tick`` (the
     last cron fire time claimed by :meth:`~taskwarden.abc.Store.mark_cron_tick`),
-    ``updated_at`` (set by the store on every write) and ``resumable`` (whether a process
-    whose worker died may be relaunched rather than failed).
+    ``updated_at`` (set by the store on every write), ``resumable`` (whether a process
+    whose worker died may be relaunched rather than failed), and the policy for a run
+    whose worker is lost: ``on_worker_lost`` (``"fail"``, ``"retry"`` or ``"resume"``),
+    ``lost_retries`` (the relaunch budget of ``"retry"``) and ``lost_count`` (how many
+    times the current launch was relaunched after a lost worker).
     """
 
     process_id: str
@@ -218,6 +221,9 @@ class ProcessRecord:
     last_cron_tick: datetime | None = None
     updated_at: datetime = field(default_factory=utcnow)
     resumable: bool = False
+    on_worker_lost: str = "fail"
+    lost_retries: int = 1
+    lost_count: int = 0
 
     def __post_init__(self) -> None:
         # A root's root is itself; filling it here keeps "" from ever reaching a store.
@@ -245,7 +251,7 @@ class ProcessRecord:
 
         The seed's fields come first in its order; the worker fields follow under their
         camelCase names (``runNumber``, ``leaseOwner``, ``leaseExpiresAt``, ``lastCronTick``,
-        ``updatedAt``, ``resumable``).
+        ``updatedAt``, ``resumable``, ``onWorkerLost``, ``lostRetries``, ``lostCount``).
         """
         return {
             "processId": self.process_id,
@@ -281,6 +287,9 @@ class ProcessRecord:
             "lastCronTick": _iso(self.last_cron_tick),
             "updatedAt": _iso(self.updated_at),
             "resumable": self.resumable,
+            "onWorkerLost": self.on_worker_lost,
+            "lostRetries": self.lost_retries,
+            "lostCount": self.lost_count,
         }
 
 
@@ -298,6 +307,8 @@ DEFINITION_FIELDS: frozenset[str] = frozenset(
         "warning",
         "schedule",
         "resumable",
+        "on_worker_lost",
+        "lost_retries",
     }
 )
 """Fields that ``Store.update_definition`` may change: what a task definition declares."""
@@ -316,6 +327,7 @@ RUNTIME_FIELDS: frozenset[str] = frozenset(
         "run_number",
         "lease_owner",
         "lease_expires_at",
+        "lost_count",
     }
 )
 """Fields that ``Store.transition`` may set together with the new state."""

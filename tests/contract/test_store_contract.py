@@ -34,7 +34,7 @@ from taskwarden.errors import (
     SchemaError,
     StoreError,
 )
-from taskwarden.model import OperationStatus, RunRecord
+from taskwarden.model import OperationStatus, RunRecord, WorkerRecord
 from taskwarden.processes import (
     END_STATES,
     TRANSITIONS,
@@ -925,6 +925,77 @@ async def test_release_clears_only_the_workers_leases(store: Store) -> None:
     assert _ids_of(await store.claim("w3", lease_seconds=10, limit=5)) == ["s0"]
 
 
+async def test_claim_takes_only_the_served_process_ids(store: Store, clock: FakeClock) -> None:
+    """A worker claims what it has definitions for; others stay queued for other workers."""
+    for pid in ("mine-a", "theirs", "mine-b"):
+        await put(store, S.SCHEDULED, process_id=pid)
+    await put(
+        store,
+        S.SCHEDULED,
+        process_id="mine-expired",
+        lease_owner="dead",
+        lease_expires_at=T0 + timedelta(seconds=1),
+    )
+    served = ["mine-a", "mine-b", "mine-expired", "unknown"]
+    assert _ids_of(await store.claim("w", 10, 10, process_ids=served)) == ["mine-a", "mine-b"]
+    clock.advance(2)
+    assert _ids_of(await store.claim("w", 10, 10, process_ids=served)) == ["mine-expired"]
+    assert await store.claim("w", 10, 10, process_ids=[]) == []
+    assert _ids_of(await store.claim("w", 10, 10)) == ["theirs"]
+
+
+async def test_renew_held_extends_every_active_lease_of_the_worker_and_reports_states(
+    store: Store, clock: FakeClock
+) -> None:
+    """One call renews all the worker's active leases and says each one's state; others'
+    leases, ended runs and updated_at are left alone."""
+    for i in range(4):
+        await put(store, S.SCHEDULED, process_id=f"s{i}")
+    await store.claim("w1", lease_seconds=10, limit=3)
+    await store.claim("w2", lease_seconds=10, limit=1)
+    await store.transition("s0", [S.SCHEDULED], S.RUNNING)
+    await store.transition("s1", [S.SCHEDULED], S.RUNNING)
+    await store.transition("s1", [S.RUNNING], S.CANCEL_REQUESTED)
+    await store.transition("s2", [S.SCHEDULED], S.RUNNING)
+    await store.transition("s2", [S.RUNNING], S.DONE)
+    before = await store.get("s0")
+    clock.advance(8)
+    held = await store.renew_held("w1", lease_seconds=10)
+    assert sorted(held) == [("s0", S.RUNNING), ("s1", S.CANCEL_REQUESTED)]
+    renewed = await store.get("s0")
+    assert renewed is not None and before is not None
+    assert renewed.lease_expires_at == T0 + timedelta(seconds=18)
+    assert renewed.updated_at == before.updated_at
+    other = await store.get("s3")
+    assert other is not None and other.lease_expires_at == T0 + timedelta(seconds=10)
+    assert await store.renew_held("nobody", lease_seconds=10) == []
+
+
+async def test_worker_records_are_put_listed_replaced_and_removed(store: Store) -> None:
+    """put_worker upserts by incarnation; list_workers sorts by name; remove says if found."""
+    first = WorkerRecord(
+        incarnation="b-1",
+        name="beta",
+        host="h",
+        pid=11,
+        started_at=T0,
+        renewed_at=T0,
+        runs=0,
+        concurrency=4,
+        process_ids=("x", "y"),
+    )
+    await store.put_worker(first)
+    await store.put_worker(dataclasses.replace(first, incarnation="a-1", name="alpha", pid=12))
+    later = dataclasses.replace(first, renewed_at=T0 + timedelta(seconds=10), runs=3)
+    await store.put_worker(later)
+    workers = await store.list_workers()
+    assert [w.incarnation for w in workers] == ["a-1", "b-1"]
+    assert workers[1] == later
+    assert await store.remove_worker("b-1") is True
+    assert await store.remove_worker("b-1") is False
+    assert [w.name for w in await store.list_workers()] == ["alpha"]
+
+
 async def test_expire_leases_returns_expired_active_processes_once(
     store: Store, clock: FakeClock
 ) -> None:
@@ -1110,6 +1181,10 @@ async def test_a_version_1_database_is_upgraded_on_open(backend: Backend) -> Non
         await store.create(rec("old", state=S.SCHEDULED))
     await backend.run_sql(
         "DROP INDEX {p}_processes_claim",
+        "ALTER TABLE {p}_processes DROP COLUMN on_worker_lost",
+        "ALTER TABLE {p}_processes DROP COLUMN lost_retries",
+        "ALTER TABLE {p}_processes DROP COLUMN lost_count",
+        "DROP TABLE {p}_workers",
         "DELETE FROM {p}_schema_version WHERE version > 1",
     )
     assert await backend.schema_versions() == [1]

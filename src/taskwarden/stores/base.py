@@ -165,6 +165,7 @@ def load_migrations(dialect: str, prefix: str) -> list[tuple[int, list[str]]]:
         text = entry.read_text(encoding="utf-8")
         body = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
         body = body.replace("{processes}", processes).replace("{runs}", runs)
+        body = body.replace("{workers}", f"{prefix}_workers")
         statements = [part.strip() for part in body.split(";") if part.strip()]
         found.append((version, statements))
     found.sort()
@@ -419,6 +420,9 @@ def record_decoder(
             last_cron_tick=time(row[29]),
             updated_at=required_time(row[30]),
             resumable=boolean(row[31]),
+            on_worker_lost=row[32],
+            lost_retries=row[33],
+            lost_count=row[34],
         )
 
     return record_from_row

@@ -20,7 +20,7 @@ from typing import Any
 from taskwarden.abc import Store
 from taskwarden.clock import Clock, SystemClock
 from taskwarden.errors import InvalidTransition, ProcessNotFound
-from taskwarden.model import OperationStatus, RunRecord
+from taskwarden.model import OperationStatus, RunRecord, WorkerRecord
 from taskwarden.processes import ACTIVE_STATES, LogEntry, ProcessRecord, ProcessState
 from taskwarden.stores.base import (
     PROCESS_FIELDS,
@@ -78,6 +78,7 @@ class MemoryStore(Store):
         self._scheduled: set[str] = set()  # so claim() costs what is queued, not everything
         self._runs: list[RunRecord] = []
         self._run_index = itertools.count(1)
+        self._workers: dict[str, WorkerRecord] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(records={len(self._records)}, runs={len(self._runs)})"
@@ -303,11 +304,17 @@ class MemoryStore(Store):
     # -- leases -----------------------------------------------------------------------
 
     async def claim(
-        self, worker: str, lease_seconds: float, limit: int = 1
+        self,
+        worker: str,
+        lease_seconds: float,
+        limit: int = 1,
+        *,
+        process_ids: Collection[str] | None = None,
     ) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.claim`."""
         self._check_open()
         now = self.clock.wall()
+        served = None if process_ids is None else set(process_ids)
         candidates = heapq.nsmallest(
             max(0, limit),
             (
@@ -317,6 +324,7 @@ class MemoryStore(Store):
                     record.lease_owner is None
                     or (record.lease_expires_at is not None and record.lease_expires_at <= now)
                 )
+                and (served is None or record.process_id in served)
             ),
             key=lambda r: (r.updated_at, r.process_id),
         )
@@ -338,6 +346,34 @@ class MemoryStore(Store):
                 self._put(record, lease_expires_at=expires)
                 renewed.append(process_id)
         return renewed
+
+    async def renew_held(
+        self, worker: str, lease_seconds: float
+    ) -> builtins.list[tuple[str, ProcessState]]:
+        """See :meth:`Store.renew_held`."""
+        self._check_open()
+        expires = self.clock.wall() + timedelta(seconds=lease_seconds)
+        held: builtins.list[tuple[str, ProcessState]] = []
+        for process_id, record in self._records.items():
+            if record.lease_owner == worker and record.state in ACTIVE_STATES:
+                self._records[process_id] = dataclasses.replace(record, lease_expires_at=expires)
+                held.append((process_id, record.state))
+        return held
+
+    async def put_worker(self, worker: WorkerRecord) -> None:
+        """See :meth:`Store.put_worker`."""
+        self._check_open()
+        self._workers[worker.incarnation] = worker
+
+    async def list_workers(self) -> builtins.list[WorkerRecord]:
+        """See :meth:`Store.list_workers`."""
+        self._check_open()
+        return sorted(self._workers.values(), key=lambda w: (w.name, w.incarnation))
+
+    async def remove_worker(self, incarnation: str) -> bool:
+        """See :meth:`Store.remove_worker`."""
+        self._check_open()
+        return self._workers.pop(incarnation, None) is not None
 
     async def release(self, worker: str, process_ids: Collection[str]) -> builtins.list[str]:
         """See :meth:`Store.release`."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -27,7 +28,7 @@ from taskwarden.errors import (
     StoreError,
     TaskwardenError,
 )
-from taskwarden.model import OperationStatus, RunRecord
+from taskwarden.model import OperationStatus, RunRecord, WorkerRecord
 from taskwarden.processes import LogEntry, ProcessRecord, ProcessState
 from taskwarden.stores.base import (
     PROCESS_COLUMNS,
@@ -102,6 +103,7 @@ class PostgresStore(Store):
         self.prefix = prefix
         self.clock: Clock = clock or SystemClock()
         self._t, self._runs, self._version = table_names(prefix)
+        self._workers = f"{prefix}_workers"
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
@@ -587,21 +589,27 @@ class PostgresStore(Store):
     # -- leases -----------------------------------------------------------------------
 
     async def claim(
-        self, worker: str, lease_seconds: float, limit: int = 1
+        self,
+        worker: str,
+        lease_seconds: float,
+        limit: int = 1,
+        *,
+        process_ids: Collection[str] | None = None,
     ) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.claim`."""
         if limit <= 0:
             return []
         now = self.clock.wall()
+        served = "" if process_ids is None else " AND process_id = ANY($5::text[])"
         sql = (
             # Unleased and expired-lease candidates come through their own indexes, so
             # rows other workers hold are never scanned.
             f"WITH free AS (SELECT process_id, updated_at FROM {self._t} "
-            "WHERE state = 'scheduled' AND lease_owner IS NULL "
+            f"WHERE state = 'scheduled' AND lease_owner IS NULL{served} "
             "ORDER BY updated_at, process_id LIMIT $4 FOR UPDATE SKIP LOCKED), "
             f"expired AS (SELECT process_id, updated_at FROM {self._t} "
-            "WHERE lease_owner IS NOT NULL AND lease_expires_at <= $3 AND state = 'scheduled' "
-            "ORDER BY updated_at, process_id LIMIT $4 FOR UPDATE SKIP LOCKED), "
+            "WHERE lease_owner IS NOT NULL AND lease_expires_at <= $3 AND state = 'scheduled'"
+            f"{served} ORDER BY updated_at, process_id LIMIT $4 FOR UPDATE SKIP LOCKED), "
             "picked AS (SELECT process_id, updated_at AS queued_at FROM "
             "(SELECT * FROM free UNION ALL SELECT * FROM expired) AS c "
             "ORDER BY updated_at, process_id LIMIT $4) "
@@ -609,7 +617,9 @@ class PostgresStore(Store):
             "FROM picked WHERE t.process_id = picked.process_id "
             f"RETURNING picked.queued_at, {', '.join('t.' + c for c in PROCESS_COLUMNS)}"
         )
-        args = (worker, now + timedelta(seconds=lease_seconds), now, limit)
+        args: tuple[Any, ...] = (worker, now + timedelta(seconds=lease_seconds), now, limit)
+        if process_ids is not None:
+            args = (*args, list(process_ids))
 
         async def op(conn: asyncpg.Connection) -> builtins.list[ProcessRecord]:
             rows = sorted(await conn.fetch(sql, *args), key=lambda r: (r[0], r[1]))
@@ -634,6 +644,81 @@ class PostgresStore(Store):
 
         async def op(conn: asyncpg.Connection) -> builtins.list[str]:
             return [row[0] for row in await conn.fetch(sql, *args)]
+
+        return await self._run(op)
+
+    async def renew_held(
+        self, worker: str, lease_seconds: float
+    ) -> builtins.list[tuple[str, ProcessState]]:
+        """See :meth:`Store.renew_held`."""
+        sql = (
+            f"UPDATE {self._t} SET lease_expires_at = $2 WHERE lease_owner = $1 "
+            "AND state = ANY($3::text[]) RETURNING process_id, state"
+        )
+        args = (worker, self.clock.wall() + timedelta(seconds=lease_seconds), ACTIVE)
+
+        async def op(conn: asyncpg.Connection) -> builtins.list[tuple[str, ProcessState]]:
+            return [(row[0], ProcessState(row[1])) for row in await conn.fetch(sql, *args)]
+
+        return await self._run(op)
+
+    async def put_worker(self, worker: WorkerRecord) -> None:
+        """See :meth:`Store.put_worker`."""
+        sql = (
+            f"INSERT INTO {self._workers} (incarnation, name, host, pid, started_at, renewed_at, "
+            "runs, concurrency, process_ids) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb) "
+            "ON CONFLICT (incarnation) DO UPDATE SET name = $2, host = $3, pid = $4, "
+            "started_at = $5, renewed_at = $6, runs = $7, concurrency = $8, "
+            "process_ids = $9::jsonb"
+        )
+        args = (
+            worker.incarnation,
+            worker.name,
+            worker.host,
+            worker.pid,
+            to_utc(worker.started_at),
+            to_utc(worker.renewed_at),
+            worker.runs,
+            worker.concurrency,
+            json.dumps(list(worker.process_ids)),
+        )
+
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(sql, *args)
+
+        await self._run(op)
+
+    async def list_workers(self) -> builtins.list[WorkerRecord]:
+        """See :meth:`Store.list_workers`."""
+        sql = (
+            "SELECT incarnation, name, host, pid, started_at, renewed_at, runs, concurrency, "
+            f"process_ids::text FROM {self._workers} ORDER BY name, incarnation"
+        )
+
+        async def op(conn: asyncpg.Connection) -> builtins.list[WorkerRecord]:
+            return [
+                WorkerRecord(
+                    incarnation=row[0],
+                    name=row[1],
+                    host=row[2],
+                    pid=row[3],
+                    started_at=row[4],
+                    renewed_at=row[5],
+                    runs=row[6],
+                    concurrency=row[7],
+                    process_ids=tuple(json.loads(row[8])),
+                )
+                for row in await conn.fetch(sql)
+            ]
+
+        return await self._run(op)
+
+    async def remove_worker(self, incarnation: str) -> bool:
+        """See :meth:`Store.remove_worker`."""
+        sql = f"DELETE FROM {self._workers} WHERE incarnation = $1"
+
+        async def op(conn: asyncpg.Connection) -> bool:
+            return row_count(await conn.execute(sql, incarnation)) == 1
 
         return await self._run(op)
 

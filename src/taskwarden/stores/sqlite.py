@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 import logging
 import os
 import sqlite3
@@ -27,8 +28,9 @@ from taskwarden.errors import (
     InvalidDefinition,
     ProcessNotFound,
     SchemaError,
+    StoreError,
 )
-from taskwarden.model import OperationStatus, RunRecord
+from taskwarden.model import OperationStatus, RunRecord, WorkerRecord
 from taskwarden.processes import ACTIVE_STATES, LogEntry, ProcessRecord, ProcessState
 from taskwarden.stores.base import (
     PROCESS_COLUMNS,
@@ -62,6 +64,7 @@ from taskwarden.stores.sqlite_support import (
     WRITE,
     DatabaseThread,
     chunks,
+    dt,
     encode_field,
     is_transient,
     placeholders,
@@ -70,6 +73,13 @@ from taskwarden.stores.sqlite_support import (
 )
 
 __all__ = ["SQLiteStore"]
+
+
+def _required(value: datetime | None) -> datetime:
+    if value is None:  # pragma: no cover - the column is NOT NULL
+        raise StoreError("a required time column is NULL")
+    return value
+
 
 logger = logging.getLogger("taskwarden.stores.sqlite")
 
@@ -120,17 +130,19 @@ class SQLiteStore(Store):
         # Unleased and expired-lease candidates are found separately, each through its own
         # index, so rows other workers hold are never scanned (a claim stays cheap however
         # many scheduled processes are leased).
-        self._claim_sql = (
+        self._claim_sql, self._claim_served_sql = (
             "SELECT process_id FROM ("
             f"SELECT * FROM (SELECT process_id, updated_at FROM {self._t} "
-            f"INDEXED BY {self._t}_claim WHERE state = 'scheduled' AND lease_owner IS NULL "
-            "ORDER BY updated_at, process_id LIMIT ?) "
+            f"INDEXED BY {self._t}_claim WHERE state = 'scheduled' AND lease_owner IS NULL"
+            f"{served} ORDER BY updated_at, process_id LIMIT ?) "
             f"UNION ALL SELECT * FROM (SELECT process_id, updated_at FROM {self._t} "
             f"INDEXED BY {self._t}_lease WHERE lease_owner IS NOT NULL "
-            "AND lease_expires_at <= ? AND state = 'scheduled' "
+            f"AND lease_expires_at <= ? AND state = 'scheduled'{served} "
             "ORDER BY updated_at, process_id LIMIT ?)"
             ") ORDER BY updated_at, process_id LIMIT ?"
+            for served in ("", " AND process_id IN (SELECT value FROM json_each(?))")
         )
+        self._workers = f"{prefix}_workers"
         self._insert_run_sql = (
             f"INSERT INTO {self._runs} ({', '.join(RUN_COLUMNS[1:])}) "
             f"VALUES ({placeholders(len(RUN_COLUMNS) - 1)})"
@@ -509,22 +521,39 @@ class SQLiteStore(Store):
     # -- leases -----------------------------------------------------------------------
 
     async def claim(
-        self, worker: str, lease_seconds: float, limit: int = 1
+        self,
+        worker: str,
+        lease_seconds: float,
+        limit: int = 1,
+        *,
+        process_ids: Collection[str] | None = None,
     ) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.claim`."""
         now = self.clock.wall()
         if limit <= 0:
             return []
+        served = None if process_ids is None else json.dumps(list(process_ids))
         expires = encode_dt(now + timedelta(seconds=lease_seconds))
         result: builtins.list[ProcessRecord] = await self._submit(
-            WRITE, self._claim, worker, expires, encode_dt(now), limit
+            WRITE, self._claim, worker, expires, encode_dt(now), limit, served
         )
         return result
 
     def _claim(
-        self, conn: sqlite3.Connection, worker: str, expires: str, now: str, limit: int
+        self,
+        conn: sqlite3.Connection,
+        worker: str,
+        expires: str,
+        now: str,
+        limit: int,
+        served: str | None,
     ) -> builtins.list[ProcessRecord]:
-        ids = [row[0] for row in conn.execute(self._claim_sql, (limit, now, limit, limit))]
+        if served is None:
+            cursor = conn.execute(self._claim_sql, (limit, now, limit, limit))
+        else:
+            args = (served, limit, now, served, limit, limit)
+            cursor = conn.execute(self._claim_served_sql, args)
+        ids = [row[0] for row in cursor]
         if not ids:
             return []
         rows = conn.execute(
@@ -549,6 +578,74 @@ class SQLiteStore(Store):
             WRITE, self._lease_update, sets, (expires, encode_dt(now)), worker, ids, True
         )
         return result
+
+    async def renew_held(
+        self, worker: str, lease_seconds: float
+    ) -> builtins.list[tuple[str, ProcessState]]:
+        """See :meth:`Store.renew_held`."""
+        expires = encode_dt(self.clock.wall() + timedelta(seconds=lease_seconds))
+        sql = (
+            f"UPDATE {self._t} SET lease_expires_at = ? WHERE lease_owner = ? "
+            f"AND state IN ({placeholders(len(_ACTIVE))}) RETURNING process_id, state"
+        )
+        rows: builtins.list[tuple[Any, ...]] = await self._submit(
+            WRITE, self._fetch_rows, sql, (expires, worker, *_ACTIVE)
+        )
+        return [(row[0], ProcessState(row[1])) for row in rows]
+
+    def _fetch_rows(
+        self, conn: sqlite3.Connection, sql: str, args: Sequence[Any]
+    ) -> builtins.list[tuple[Any, ...]]:
+        return [tuple(row) for row in conn.execute(sql, args)]
+
+    async def put_worker(self, worker: WorkerRecord) -> None:
+        """See :meth:`Store.put_worker`."""
+        sql = (
+            f"INSERT OR REPLACE INTO {self._workers} (incarnation, name, host, pid, started_at, "
+            "renewed_at, runs, concurrency, process_ids) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        args = (
+            worker.incarnation,
+            worker.name,
+            worker.host,
+            worker.pid,
+            encode_dt(worker.started_at),
+            encode_dt(worker.renewed_at),
+            worker.runs,
+            worker.concurrency,
+            json.dumps(list(worker.process_ids)),
+        )
+        await self._submit(WRITE, self._fetch_rows, sql, args)
+
+    async def list_workers(self) -> builtins.list[WorkerRecord]:
+        """See :meth:`Store.list_workers`."""
+        sql = (
+            "SELECT incarnation, name, host, pid, started_at, renewed_at, runs, concurrency, "
+            f"process_ids FROM {self._workers} ORDER BY name, incarnation"
+        )
+        rows: builtins.list[tuple[Any, ...]] = await self._submit(READ, self._fetch_rows, sql, ())
+        return [
+            WorkerRecord(
+                incarnation=row[0],
+                name=row[1],
+                host=row[2],
+                pid=row[3],
+                started_at=_required(dt(row[4])),
+                renewed_at=_required(dt(row[5])),
+                runs=row[6],
+                concurrency=row[7],
+                process_ids=tuple(json.loads(row[8])),
+            )
+            for row in rows
+        ]
+
+    async def remove_worker(self, incarnation: str) -> bool:
+        """See :meth:`Store.remove_worker`."""
+        sql = f"DELETE FROM {self._workers} WHERE incarnation = ? RETURNING incarnation"
+        rows: builtins.list[tuple[Any, ...]] = await self._submit(
+            WRITE, self._fetch_rows, sql, (incarnation,)
+        )
+        return bool(rows)
 
     async def release(self, worker: str, process_ids: Collection[str]) -> builtins.list[str]:
         """See :meth:`Store.release`."""
