@@ -10,6 +10,7 @@ receives it as data can tell the cases apart without parsing messages::
     ├── OperationNotFound (LookupError)      not-found
     ├── ProcessNotFound (LookupError)        not-found
     ├── InvalidTransition (ValueError)       invalid-state
+    │   └── LeaseLost                        lease-lost
     ├── NotCancellable                       not-cancellable
     ├── LaunchBlocked                        launch-blocked
     ├── NoResumeSupport                      no-resume-support
@@ -95,6 +96,14 @@ class InvalidTransition(TaskwardenError, ValueError):
         self.process_id = process_id
         self.current = current
         self.target = target
+
+
+class LeaseLost(InvalidTransition):
+    """A fenced write was refused: the process is no longer leased by the writer (its lease
+    expired and was reaped, and maybe another worker runs it now). The writer must stop its
+    copy of the run and drop its result."""
+
+    reason = "lease-lost"
 
 
 class NotCancellable(TaskwardenError):

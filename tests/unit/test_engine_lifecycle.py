@@ -72,12 +72,15 @@ async def test_startup_resolves_what_a_crashed_engine_left_active() -> None:
     log = StateLog(engine)
     await engine.init()
     await log.wait_for("resumable", S.DONE)
-    for pid in ("mine-running", "mine-cancelling", "ownerless", "expired"):
+    for pid in ("mine-running", "mine-cancelling", "expired"):
         record = await store.get(pid)
         assert record is not None and record.state is S.FAILED, pid
         assert record.error is not None and "engine" in record.error and "stopped" in record.error
     alive = await store.get("alive")
     assert alive is not None and alive.state is S.RUNNING  # another engine still holds it
+    # Scheduled without an owner: launched from another process, queued for a worker.
+    ownerless = await store.get("ownerless")
+    assert ownerless is not None and ownerless.state is S.SCHEDULED
     assert ran == ["resumable"]
     [failed_run] = await store.query_history(process_id="mine-running")
     assert failed_run.status is OperationStatus.FAILED

@@ -31,6 +31,13 @@ class TaskInstance:
     the cancel ladder with the reason ``timeout``, its log says it timed out, and its
     history entry carries ``cancel_reason`` ``TIMEOUT``.
 
+    In a fleet of workers, ``on_worker_lost`` says what happens to a run whose worker died
+    (its lease expired): ``"fail"`` (the default) records it failed, naming the worker;
+    ``"retry"`` records that attempt failed and launches it again, at most
+    ``lost_retries`` times per launch (then it stays failed with the reason
+    ``worker-lost``); ``"resume"`` does the same for a task that picks up from what it
+    saved.
+
     Example::
 
         TaskInstance(execute=nightly_cleanup, process_id="nightly-cleanup",
@@ -50,6 +57,13 @@ class TaskInstance:
     resumable: bool = False
     schedule_tz: str | None = None
     timeout: float | None = None
+    on_worker_lost: str = "fail"
+    lost_retries: int = 1
+
+
+WORKER_LOST_POLICIES = ("fail", "retry", "resume")
+"""What ``on_worker_lost`` may say: record the run failed, launch it again (within
+``lost_retries``), or launch it again as a resume of what it saved."""
 
 
 def validate_definition(task: TaskInstance) -> None:
@@ -72,6 +86,16 @@ def validate_definition(task: TaskInstance) -> None:
             f"process {task.process_id!r}: timeout must be a finite number of seconds > 0 "
             f"(or None for no limit), got {timeout!r}"
         )
+    if task.on_worker_lost not in WORKER_LOST_POLICIES:
+        raise InvalidDefinition(
+            f"process {task.process_id!r}: on_worker_lost must be one of "
+            f"{', '.join(map(repr, WORKER_LOST_POLICIES))}, got {task.on_worker_lost!r}"
+        )
+    retries = task.lost_retries
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise InvalidDefinition(
+            f"process {task.process_id!r}: lost_retries must be an int >= 0, got {retries!r}"
+        )
     if task.schedule is not None or task.schedule_tz is not None:
         from taskwarden.engine.cron import CronSchedule
 
@@ -90,6 +114,8 @@ def definition_fields(task: TaskInstance) -> dict[str, Any]:
         "warning": task.warning,
         "schedule": task.schedule,
         "resumable": task.resumable,
+        "on_worker_lost": task.on_worker_lost,
+        "lost_retries": task.lost_retries,
     }
 
 

@@ -36,6 +36,7 @@ from taskwarden.engine.progress import (
     DEFAULT_MAX_MESSAGES,
     flush_interval_from_env,
 )
+from taskwarden.engine.claims import ClaimMixin
 from taskwarden.engine.recovery import HOST, RecoveryMixin
 from taskwarden.engine.runs import (
     _INACTIVE,
@@ -83,7 +84,7 @@ class EngineState(StrEnum):
     STOPPED = "stopped"
 
 
-class Engine(RecoveryMixin):
+class Engine(ClaimMixin, RecoveryMixin):
     """The process manager of seed 004 on a pluggable :class:`~taskwarden.abc.Store`.
 
     Args:
@@ -113,6 +114,9 @@ class Engine(RecoveryMixin):
             from ``TASKWARDEN_PROGRESS_FLUSH_INTERVAL_MS``, else 0.1).
         max_log: log entries kept per process.
         max_messages_per_flush: info entries kept per flush interval before coalescing.
+        lease_seconds: in a fleet, the lease each run's record carries (a
+            :class:`~taskwarden.worker.Worker` sets it and renews it); None, the default,
+            holds runs without expiry, as a lone engine does.
     """
 
     def __init__(
@@ -132,6 +136,7 @@ class Engine(RecoveryMixin):
         progress_flush_interval: float | None = None,
         max_log: int = DEFAULT_MAX_LOG,
         max_messages_per_flush: int = DEFAULT_MAX_MESSAGES,
+        lease_seconds: float | None = None,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
             raise ConfigurationError(f"max_concurrency must be >= 1 or None, got {max_concurrency}")
@@ -153,6 +158,7 @@ class Engine(RecoveryMixin):
         self.services: dict[str, Any] = services if services is not None else {}
         self.get_task_definitions = get_task_definitions
         self.engine_id = engine_id or f"{HOST}:{os.getpid()}:{next(_engine_numbers)}"
+        self.lease_seconds = lease_seconds
         self.registry = registry if registry is not None else OperationRegistry.get_instance()
         self.clock: Clock = clock or SystemClock()
         self.cancel_grace = cancel_grace
@@ -492,7 +498,7 @@ class Engine(RecoveryMixin):
                 process_id,
                 LAUNCHABLE_STATES,
                 S.SCHEDULED,
-                lease_owner=self.engine_id,
+                **self._hold(),
                 **_RESET_FIELDS,
             )
             if scheduled.run_number > 0:

@@ -274,6 +274,14 @@ class ProgressBuffer:
         fields["progress_message"] = self._message
         self._dirty = False
 
+    async def discard(self) -> None:
+        """Stop the flusher and drop what is pending (the run lost its lease: the record
+        belongs to another attempt now)."""
+        await self._stop_flusher()
+        self._entries = []
+        self._dropped = 0
+        self._dirty = False
+
     def reopen_pending(self) -> None:
         """The terminal write that carried the final progress did not happen: mark it
         pending again, for a later :meth:`close`."""

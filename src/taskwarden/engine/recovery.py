@@ -38,6 +38,8 @@ class RecoveryMixin(RunMixin):
         relaunch: list[str] = []
         for record in await self.store.list(state=ACTIVE_STATES):
             owner = record.lease_owner
+            if owner is None and record.state is S.SCHEDULED:
+                continue  # launched from elsewhere, waiting for a worker to claim it
             expired = record.lease_expires_at is not None and record.lease_expires_at <= now
             held = owner is not None and owner != self.engine_id and not expired
             if held and owner is not None and not _owner_process_gone(owner):

@@ -16,7 +16,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from taskwarden.abc import Store
@@ -29,6 +29,7 @@ from taskwarden.errors import (
     ChildProcessCancelled,
     InvalidDefinition,
     InvalidTransition,
+    LeaseLost,
     ProcessNotFound,
 )
 from taskwarden.model import CancelationReason, OperationStatus, RunRecord
@@ -107,6 +108,8 @@ class _Run:
     final_progress: dict[str, Any] | None = None
     end_submitted: bool = False
     end_record: ProcessRecord | None = None
+    lease_lost: bool = False
+    """Its lease was reaped (the worker looked dead): nothing it does is written."""
 
     @property
     def done(self) -> asyncio.Event:
@@ -137,6 +140,7 @@ class RunMixin:
     clock: Clock
     registry: OperationRegistry
     engine_id: str
+    lease_seconds: float | None
     _in_order_store: bool
     services: dict[str, Any]
     cancel_grace: float
@@ -153,6 +157,16 @@ class RunMixin:
     _max_concurrency: int | None
     _active_roots: int
     _pending: deque[_Run]
+
+
+    def _hold(self) -> dict[str, Any]:
+        """The lease fields a launch by this engine writes: the owner, and in a fleet
+        (``lease_seconds`` set) an expiry that the worker's renewals push forward, so the
+        run of a worker that dies is noticed by the others."""
+        if self.lease_seconds is None:
+            return {"lease_owner": self.engine_id}
+        expires = self.clock.wall() + timedelta(seconds=self.lease_seconds)
+        return {"lease_owner": self.engine_id, "lease_expires_at": expires}
 
     def _start_run(
         self,
@@ -201,7 +215,7 @@ class RunMixin:
                 process_id,
                 LAUNCHABLE_STATES,
                 S.SCHEDULED,
-                lease_owner=self.engine_id,
+                **self._hold(),
                 **_RESET_FIELDS,
             )
             if scheduled.run_number > 0:
@@ -386,6 +400,10 @@ class RunMixin:
         if run.end_record is not None:  # resumed after the end was written
             await self._after_terminal(run.end_record, run)
             return
+        if run.lease_lost:
+            if progress is not None:
+                await progress.discard()
+            return
         if progress is not None:
             if scope.context.cancel_reason is CancelationReason.TIMEOUT and not run.abandoned:
                 progress.log(LogLevel.WARNING, scope.context.cancel_message or "timed out")
@@ -428,7 +446,7 @@ class RunMixin:
         )
         run.end_record = record
         if record is None:
-            if final_progress and progress is not None:
+            if final_progress and progress is not None and not run.lease_lost:
                 # The terminal write that was to carry it did not happen: write it alone.
                 progress.reopen_pending()
                 try:
@@ -474,8 +492,17 @@ class RunMixin:
             try:
                 # The run enters the history in the same write, only if this end wins.
                 record = await self.store.transition(
-                    process_id, expected, target, run=history(target), **fields
+                    process_id,
+                    expected,
+                    target,
+                    expected_owner=self.engine_id,
+                    run=history(target),
+                    **fields,
                 )
+            except LeaseLost as exc:
+                logger.warning("run of %r ends without a record: %s", process_id, exc)
+                run.lease_lost = True
+                return None
             except InvalidTransition as exc:
                 if resumed and exc.current in END_STATES:
                     # An interrupted attempt's write went through: that end is this one.
@@ -504,7 +531,9 @@ class RunMixin:
         steps = _ACK_FROM_REQUESTED if requested else _ACK_FROM_RUNNING
         for expected, target in steps:
             try:
-                record = await self.store.transition(process_id, {expected}, target)
+                record = await self.store.transition(
+                    process_id, {expected}, target, expected_owner=self.engine_id
+                )
             except (InvalidTransition, ProcessNotFound):
                 continue
             self._notify(record)
@@ -587,7 +616,7 @@ class RunMixin:
         try:
             await self.store.create(record)
             scheduled = await self.store.transition(
-                task.process_id, {S.IDLE}, S.SCHEDULED, lease_owner=self.engine_id
+                task.process_id, {S.IDLE}, S.SCHEDULED, **self._hold()
             )
         except asyncio.CancelledError:
             await _shielded(self._abort_unstarted(task.process_id))

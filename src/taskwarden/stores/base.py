@@ -21,6 +21,7 @@ from taskwarden.errors import (
     ConfigurationError,
     InvalidDefinition,
     InvalidTransition,
+    LeaseLost,
     SchemaError,
     StoreError,
 )
@@ -502,11 +503,11 @@ def transition_refused(
     target: str,
     expected_owner: str | None,
     lease_owner: str | None,
-) -> InvalidTransition:
+) -> InvalidTransition:  # a LeaseLost when the owner differs
     """Why a compare-and-set on a record in ``state`` lost: the lease is someone else's
     (when an owner was expected), or else the state is not an expected one."""
     if expected_owner is not None and lease_owner != expected_owner:
-        return InvalidTransition(
+        return LeaseLost(
             process_id,
             state,
             target,
