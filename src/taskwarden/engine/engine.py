@@ -24,6 +24,7 @@ from typing import Any
 
 from taskwarden.abc import Store
 from taskwarden.clock import Clock, SystemClock
+from taskwarden.engine.claims import ClaimMixin
 from taskwarden.engine.cron import CronSchedule, CronScheduler
 from taskwarden.engine.definitions import (
     TaskInstance,
@@ -36,7 +37,6 @@ from taskwarden.engine.progress import (
     DEFAULT_MAX_MESSAGES,
     flush_interval_from_env,
 )
-from taskwarden.engine.claims import ClaimMixin
 from taskwarden.engine.recovery import HOST, RecoveryMixin
 from taskwarden.engine.runs import (
     _INACTIVE,
