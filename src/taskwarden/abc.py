@@ -490,6 +490,15 @@ class Store(ABC):
         caller, even when several recoverers run at once."""
 
     @abstractmethod
+    async def expired_leases(
+        self, now: datetime | None = None, limit: int = 100
+    ) -> builtins.list[ProcessRecord]:
+        """The active processes whose lease expired at ``now`` (default: the store clock),
+        oldest expiry first, lease owner and expiry as they are: what a reaper resolves.
+        Reads only; the reaper's own compare-and-set (expecting the state and the dead
+        owner) decides, so two reapers never resolve one run twice."""
+
+    @abstractmethod
     async def mark_cron_tick(self, process_id: str, tick: datetime) -> bool:
         """Record that the cron fire time ``tick`` was taken: True for exactly one caller
         per tick, even with several engines on one store (a compare-and-set on

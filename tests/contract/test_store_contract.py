@@ -971,6 +971,26 @@ async def test_renew_held_extends_every_active_lease_of_the_worker_and_reports_s
     assert await store.renew_held("nobody", lease_seconds=10) == []
 
 
+async def test_expired_leases_lists_without_clearing(store: Store, clock: FakeClock) -> None:
+    """What a reaper resolves: active, expired, owner intact, oldest expiry first."""
+    for i in range(4):
+        await put(store, S.SCHEDULED, process_id=f"s{i}")
+    await store.claim("w1", lease_seconds=10, limit=1)
+    await store.claim("w2", lease_seconds=5, limit=1)
+    await store.claim("w3", lease_seconds=60, limit=1)
+    await store.transition("s0", [S.SCHEDULED], S.RUNNING)
+    await store.transition("s1", [S.SCHEDULED], S.RUNNING)
+    assert await store.expired_leases() == []
+    clock.advance(10)
+    found = await store.expired_leases()
+    assert [(r.process_id, r.lease_owner) for r in found] == [("s1", "w2"), ("s0", "w1")]
+    assert len(await store.expired_leases(limit=1)) == 1
+    again = await store.get("s0")
+    assert again is not None and again.lease_owner == "w1"
+    await store.transition("s0", [S.RUNNING], S.FAILED, expected_owner="w1")
+    assert _ids_of(await store.expired_leases()) == ["s1"]
+
+
 async def test_worker_records_are_put_listed_replaced_and_removed(store: Store) -> None:
     """put_worker upserts by incarnation; list_workers sorts by name; remove says if found."""
     first = WorkerRecord(

@@ -56,12 +56,17 @@ class ClaimMixin(RunMixin):
         self._start_run(record, definition)
         return True
 
+    def is_running_locally(self, process_id: str) -> bool:
+        """True while this engine runs ``process_id`` and has not begun recording its end."""
+        run = self._runs.get(process_id)
+        return run is not None and not run.finishing and not run.end_submitted
+
     def lose_run(self, process_id: str, message: str) -> bool:
         """Stop a run whose lease was lost, writing nothing: the record may belong to a
         newer attempt on another worker. Its children stop with it. False when this engine
         does not run ``process_id``."""
         run = self._runs.get(process_id)
-        if run is None:
+        if run is None or run.lease_lost:
             return False
         logger.warning("process %r lost its lease: %s", process_id, message)
         stack = [run]

@@ -159,6 +159,10 @@ class Engine(ClaimMixin, RecoveryMixin):
         self.get_task_definitions = get_task_definitions
         self.engine_id = engine_id or f"{HOST}:{os.getpid()}:{next(_engine_numbers)}"
         self.lease_seconds = lease_seconds
+        self.prune_undefined = True
+        """Whether :meth:`resync` deletes records that no definition here declares (the
+        seed's behaviour); a fleet's workers may serve different processes, so a
+        :class:`~taskwarden.worker.Worker` turns it off."""
         self.registry = registry if registry is not None else OperationRegistry.get_instance()
         self.clock: Clock = clock or SystemClock()
         self.cancel_grace = cancel_grace
@@ -214,15 +218,16 @@ class Engine(ClaimMixin, RecoveryMixin):
             except Exception:
                 logger.exception("relaunching resumable process %r failed", process_id)
 
-    async def run(self) -> None:
+    async def run(self, *, handle_signals: bool = True) -> None:
         """Run the cron scheduler and block until :meth:`shutdown`.
 
-        In the main thread, SIGTERM and SIGINT trigger a graceful shutdown.
+        In the main thread, SIGTERM and SIGINT trigger a graceful shutdown (unless
+        ``handle_signals`` is False: a host such as a worker handles them itself).
         """
         self._require_started()
         loop = asyncio.get_running_loop()
         installed: list[int] = []
-        if threading.current_thread() is threading.main_thread():
+        if handle_signals and threading.current_thread() is threading.main_thread():
             for signum in (int(signal.SIGTERM), int(signal.SIGINT)):
                 try:
                     loop.add_signal_handler(signum, self._on_signal, signum)
@@ -343,7 +348,8 @@ class Engine(ClaimMixin, RecoveryMixin):
         """Re-read the definitions and bring the store in line with them.
 
         New definitions create idle records; changed ones update the definition fields only
-        (never the runtime state); removed ones are deleted unless active. Ad-hoc processes
+        (never the runtime state); removed ones are deleted unless active (and unless
+        :attr:`prune_undefined` is False). Ad-hoc processes
         survive unless ``clean=True``, which first deletes every record that is not active.
         With ``metadata_filter`` only the definitions (and records) with that metadata are
         regenerated.
@@ -375,6 +381,8 @@ class Engine(ClaimMixin, RecoveryMixin):
                 if changed:
                     await self.store.update_definition(task.process_id, **changed)
         for record in await self.store.list(metadata=wanted or None):
+            if not self.prune_undefined:
+                break
             if record.parent_id is not None or record.process_id in new_ids or record.adhoc:
                 continue
             deleted = await self.store.delete(

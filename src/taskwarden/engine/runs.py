@@ -72,6 +72,7 @@ _RESET_FIELDS: dict[str, Any] = {
     "progress_percent": None,
     "progress_message": None,
     "log": (),
+    "lost_count": 0,
 }
 
 
@@ -157,7 +158,6 @@ class RunMixin:
     _max_concurrency: int | None
     _active_roots: int
     _pending: deque[_Run]
-
 
     def _hold(self) -> dict[str, Any]:
         """The lease fields a launch by this engine writes: the owner, and in a fleet

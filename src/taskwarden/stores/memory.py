@@ -401,6 +401,23 @@ class MemoryStore(Store):
         expired.sort(key=lambda r: r.process_id)
         return [self._put(r, lease_owner=None, lease_expires_at=None) for r in expired]
 
+    async def expired_leases(
+        self, now: datetime | None = None, limit: int = 100
+    ) -> builtins.list[ProcessRecord]:
+        """See :meth:`Store.expired_leases`."""
+        self._check_open()
+        cutoff = to_utc(now) if now is not None else self.clock.wall()
+        expired = [
+            record
+            for record in self._records.values()
+            if record.state in ACTIVE_STATES
+            and record.lease_owner is not None
+            and record.lease_expires_at is not None
+            and record.lease_expires_at <= cutoff
+        ]
+        expired.sort(key=lambda r: (r.lease_expires_at or cutoff, r.process_id))
+        return expired[: max(0, limit)]
+
     async def mark_cron_tick(self, process_id: str, tick: datetime) -> bool:
         """See :meth:`Store.mark_cron_tick`."""
         self._check_open()

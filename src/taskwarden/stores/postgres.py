@@ -754,6 +754,18 @@ class PostgresStore(Store):
         found.sort(key=lambda r: r.process_id)
         return found
 
+    async def expired_leases(
+        self, now: datetime | None = None, limit: int = 100
+    ) -> builtins.list[ProcessRecord]:
+        """See :meth:`Store.expired_leases`."""
+        cutoff = to_utc(now) if now is not None else self.clock.wall()
+        sql = (
+            f"SELECT {', '.join(PROCESS_COLUMNS)} FROM {self._t} WHERE lease_owner IS NOT NULL "
+            "AND lease_expires_at <= $1 AND state = ANY($2::text[]) "
+            "ORDER BY lease_expires_at, process_id LIMIT $3"
+        )
+        return await self._fetch_records(sql, cutoff, ACTIVE, max(0, limit))
+
     async def mark_cron_tick(self, process_id: str, tick: datetime) -> bool:
         """See :meth:`Store.mark_cron_tick`."""
         sql = (

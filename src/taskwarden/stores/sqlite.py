@@ -694,6 +694,22 @@ class SQLiteStore(Store):
         result.sort(key=lambda r: r.process_id)
         return result
 
+    async def expired_leases(
+        self, now: datetime | None = None, limit: int = 100
+    ) -> builtins.list[ProcessRecord]:
+        """See :meth:`Store.expired_leases`."""
+        cutoff = encode_dt(now if now is not None else self.clock.wall())
+        sql = (
+            f"SELECT {_COLS} FROM {self._t} INDEXED BY {self._t}_lease "
+            "WHERE lease_owner IS NOT NULL AND lease_expires_at <= ? "
+            f"AND state IN ({placeholders(len(_ACTIVE))}) "
+            "ORDER BY lease_expires_at, process_id LIMIT ?"
+        )
+        result: builtins.list[ProcessRecord] = await self._submit(
+            READ, self._select, sql, (cutoff, *_ACTIVE, max(0, limit))
+        )
+        return result
+
     async def mark_cron_tick(self, process_id: str, tick: datetime) -> bool:
         """See :meth:`Store.mark_cron_tick`."""
         result: bool = await self._submit(

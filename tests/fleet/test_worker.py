@@ -1,0 +1,383 @@
+"""Workers sharing one store, in one test process: claims, cancels, renewals and the reaper.
+
+Every test runs on a real SQLite file and on a real PostgreSQL database. Leases and
+intervals are short (a fraction of a second) so that expiry is reached by real time;
+waits are bounded polls of the store, never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskwarden.abc import Store
+from taskwarden.bus import open_bus
+from taskwarden.engine import ProcessContext, TaskInstance
+from taskwarden.errors import LeaseLost, NotCancellable, ProcessNotFound
+from taskwarden.model import OperationStatus
+from taskwarden.processes import ProcessRecord, ProcessState
+from taskwarden.registry import OperationRegistry
+from taskwarden.stores import open_store
+from taskwarden.worker import Worker, cancel, launch
+from tests.engine_support import definitions, task
+from tests.store_support import postgres_database  # noqa: F401 (a fixture, found by name)
+
+S = ProcessState
+FAST = {"lease_seconds": 0.6, "renew_interval": 0.2, "reaper_interval": 0.1}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """``(url, prefix)`` of a fresh namespace on a SQLite file or a PostgreSQL database."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fleet.db'}", prefix
+    else:
+        yield request.getfixturevalue("postgres_database"), prefix
+
+
+@pytest.fixture
+async def client(store_url: tuple[str, str]) -> AsyncIterator[Store]:
+    """A store as a process without definitions sees it (the API server, the CLI)."""
+    url, prefix = store_url
+    store = open_store(url, prefix=prefix)
+    async with store:
+        yield store
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[bool]],
+    timeout: float = 10.0,  # noqa: ASYNC109
+) -> None:
+    """Poll ``probe`` (a store read) until it holds; fail after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not await probe():
+            await asyncio.sleep(0.02)
+
+
+async def state_of(store: Store, process_id: str) -> ProcessRecord:
+    record = await store.get(process_id)
+    assert record is not None, process_id
+    return record
+
+
+def worker(store_url: tuple[str, str], *tasks: TaskInstance, **options: Any) -> Worker:
+    url, prefix = store_url
+    settings = {**FAST, "cancel_grace": 0.5, "progress_flush_interval": 0.0, **options}
+    return Worker(
+        url,
+        prefix=prefix,
+        get_task_definitions=definitions(*tasks),
+        registry=OperationRegistry(),
+        **settings,
+    )
+
+
+async def test_a_launch_from_a_process_without_definitions_runs_on_a_worker(
+    store_url: tuple[str, str], client: Store
+) -> None:
+    """The client writes ``scheduled`` with no owner; the worker that serves the process
+    claims it by polling (no bus), runs it, and the history records the run."""
+    ran: list[str] = []
+
+    async def job(ctx: ProcessContext) -> None:
+        ran.append(ctx.process_id)
+        ctx.report_progress(100, "all done")
+
+    async with worker(store_url, task("job", job), poll_interval=0.02) as w:
+        record = await launch(client, "job")
+        assert record.state is S.SCHEDULED and record.lease_owner is None
+        await eventually(lambda: _is(client, "job", S.DONE))
+        [run] = await client.query_history(process_id="job")
+        assert run.status is OperationStatus.COMPLETED
+        assert ran == ["job"] and w.claimed == 1
+        done = await state_of(client, "job")
+        assert done.lease_owner is None and done.progress_message == "all done"
+        with pytest.raises(ProcessNotFound):
+            await launch(client, "ghost")
+
+
+async def _is(store: Store, process_id: str, *states: ProcessState) -> bool:
+    record = await store.get(process_id)
+    return record is not None and record.state in states
+
+
+async def test_workers_claim_only_what_they_serve_and_each_run_happens_once(
+    store_url: tuple[str, str], client: Store
+) -> None:
+    """Two workers with overlapping definitions drain 60 launches between them: every
+    process runs exactly once, and only on a worker that has its definition."""
+    runs: collections.Counter[str] = collections.Counter()
+    where: dict[str, str] = {}
+
+    def job(label: str) -> Callable[[ProcessContext], Awaitable[None]]:
+        async def execute(ctx: ProcessContext) -> None:
+            runs[ctx.process_id] += 1
+            where[ctx.process_id] = label
+            await asyncio.sleep(0)
+
+        return execute
+
+    shared = [f"s{i:02d}" for i in range(50)]
+    only_a = [f"a{i}" for i in range(5)]
+    only_b = [f"b{i}" for i in range(5)]
+    a = worker(
+        store_url, *(task(p, job("a")) for p in shared + only_a), concurrency=3, poll_interval=0.02
+    )
+    b = worker(
+        store_url, *(task(p, job("b")) for p in shared + only_b), concurrency=3, poll_interval=0.02
+    )
+    async with a, b:
+        for pid in shared + only_a + only_b:
+            await launch(client, pid)
+
+        async def all_done() -> bool:
+            records = await client.list(state=[S.DONE])
+            return len(records) == 60
+
+        await eventually(all_done, timeout=30)
+    assert set(runs) == set(shared + only_a + only_b)
+    assert max(runs.values()) == 1
+    assert all(where[p] == "a" for p in only_a) and all(where[p] == "b" for p in only_b)
+    assert a.claimed + b.claimed == 60
+    history = await client.query_history(limit=1000)
+    assert len(history) == 60
+
+
+async def test_a_cancel_from_a_client_reaches_the_run_over_the_bus_and_without_it(
+    store_url: tuple[str, str], client: Store
+) -> None:
+    """With a bus the worker starts the ladder on the notification; without one it sees
+    ``cancel_requested`` at its next renewal. Either way the run ends cancelled and its
+    ``finally`` ran."""
+    stopped: list[str] = []
+
+    async def long(ctx: ProcessContext) -> None:
+        try:
+            while ctx.should_continue():
+                await asyncio.sleep(0.01)
+        finally:
+            stopped.append(ctx.process_id)
+
+    bus = open_bus("memory://")
+    async with bus:
+        for via_bus, pid in ((True, "with-bus"), (False, "no-bus")):
+            options: dict[str, Any] = {"bus": bus} if via_bus else {}
+            # Without a bus the renewal is the only path: make it rare enough to tell apart.
+            renew = 0.05 if via_bus else 0.3
+            w = worker(
+                store_url,
+                task(pid, long),
+                poll_interval=0.02,
+                renew_interval=renew,
+                lease_seconds=renew * 4,
+                **options,
+            )
+            async with w:
+                await launch(client, pid, bus=bus if via_bus else None)
+                await eventually(lambda p=pid: _is(client, p, S.RUNNING))  # type: ignore[misc]
+                requested = await cancel(
+                    client,
+                    pid,
+                    bus=bus if via_bus else None,
+                    reason="operator asked",
+                    requested_by="tests",
+                )
+                assert requested.state is S.CANCEL_REQUESTED
+                await eventually(lambda p=pid: _is(client, p, S.CANCELLED))  # type: ignore[misc]
+            record = await state_of(client, pid)
+            assert any("operator asked (by tests)" in e.message for e in record.log)
+    assert stopped == ["with-bus", "no-bus"]
+    with pytest.raises(NotCancellable):
+        await cancel(client, "no-bus")
+
+
+async def test_a_scheduled_launch_is_cancelled_at_once_by_a_client(client: Store) -> None:
+    """Nobody serves it yet: the cancel turns ``scheduled`` into ``cancelled`` directly."""
+    await client.create(ProcessRecord(process_id="queued", name="Queued"))
+    await launch(client, "queued")
+    cancelled = await cancel(client, "queued")
+    assert cancelled.state is S.CANCELLED
+
+
+async def _dead_worker_with_a_running_run(
+    store_url: tuple[str, str], definition: TaskInstance, client: Store, *, queued: bool = False
+) -> Worker:
+    """A worker that runs ``definition`` (launched here unless ``queued`` already) and
+    then dies without a word (its tasks stop, its leases stay)."""
+    dead = worker(store_url, definition, poll_interval=0.02)
+    await dead.start()
+    if not queued:
+        await launch(client, definition.process_id)
+    await eventually(lambda: _is(client, definition.process_id, S.RUNNING))
+    await dead._abort()
+    return dead
+
+
+async def forever(ctx: ProcessContext) -> None:
+    await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("policy", ["fail", "retry"])
+async def test_the_reaper_resolves_a_dead_workers_run_by_its_policy(
+    store_url: tuple[str, str], client: Store, policy: str
+) -> None:
+    """``fail`` records the run failed naming the lost worker; ``retry`` records that
+    attempt failed and launches it again on a live worker, within its budget."""
+    finished = asyncio.Event()
+    attempts: list[int] = []
+
+    async def second_time_lucky(ctx: ProcessContext) -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            await asyncio.Event().wait()  # the first attempt's worker dies under it
+        finished.set()
+
+    definition = task("flaky", second_time_lucky, on_worker_lost=policy)
+    dead = await _dead_worker_with_a_running_run(store_url, definition, client)
+    async with worker(store_url, definition, poll_interval=0.02) as survivor:
+        if policy == "fail":
+            await eventually(lambda: _is(client, "flaky", S.FAILED))
+            record = await state_of(client, "flaky")
+            assert record.error is not None and "worker-lost" in record.error
+            assert dead.incarnation in record.error
+            assert record.lease_owner is None
+        else:
+            await eventually(lambda: _is(client, "flaky", S.DONE))
+            record = await state_of(client, "flaky")
+            assert record.lost_count == 1 and record.run_number == 2
+        assert survivor.reaped == 1
+    history = await client.query_history(process_id="flaky")
+    statuses = sorted(str(run.status) for run in history)
+    if policy == "fail":
+        assert statuses == ["failed"]
+    else:
+        assert statuses == ["completed", "failed"]
+        assert "worker-lost" in (history[-1].error or history[0].error or "")
+    assert await client.expired_leases() == []
+
+
+async def test_retry_past_its_budget_stays_failed(
+    store_url: tuple[str, str], client: Store
+) -> None:
+    """A run that kills its worker every time is relaunched ``lost_retries`` times, then
+    stays failed with the reason ``worker-lost``: it cannot loop for ever."""
+    definition = task("poison", forever, on_worker_lost="retry", lost_retries=1)
+    await _dead_worker_with_a_running_run(store_url, definition, client)
+    reaper = worker(store_url, task("other"), poll_interval=0.02)  # does not serve poison
+    async with reaper:
+        await eventually(lambda: _is(client, "poison", S.SCHEDULED))
+        relaunched = await state_of(client, "poison")
+        assert relaunched.lost_count == 1
+        second = await _dead_worker_with_a_running_run(store_url, definition, client, queued=True)
+        await eventually(lambda: _is(client, "poison", S.FAILED))
+        record = await state_of(client, "poison")
+        assert record.error is not None and "worker-lost" in record.error
+        assert "not launched again" in record.error and second.incarnation in record.error
+
+
+async def test_a_worker_that_lost_its_lease_stops_its_copy_and_writes_nothing(
+    store_url: tuple[str, str], client: Store
+) -> None:
+    """Its lease was reaped while it stalled and the run went to another worker: at its
+    next renewal the stalled worker cancels its copy (``lease-lost``), and neither its
+    progress nor its end reaches the record, which stays the new attempt's."""
+    stopped = asyncio.Event()
+
+    async def stubborn(ctx: ProcessContext) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ctx.report_progress(99, "stale copy")
+            stopped.set()
+
+    stalled = worker(store_url, task("job", stubborn), poll_interval=0.02, renew_interval=0.2)
+    async with stalled:
+        await launch(client, "job")
+        await eventually(lambda: _is(client, "job", S.RUNNING))
+        held = await state_of(client, "job")
+        # What a reaper and a second worker do while this one is frozen: the attempt is
+        # failed, relaunched and claimed by someone else.
+        await client.transition("job", {S.RUNNING}, S.FAILED, expected_owner=held.lease_owner)
+        await client.transition("job", {S.FAILED}, S.SCHEDULED)
+        [taken] = await client.claim("someone-else", 60, 1)
+        await client.transition("job", {S.SCHEDULED}, S.RUNNING, expected_owner="someone-else")
+        async with asyncio.timeout(5):
+            await stopped.wait()
+        await eventually(lambda: _no_runs(stalled))
+        record = await state_of(client, "job")
+        assert record.state is S.RUNNING and record.lease_owner == "someone-else"
+        assert record.progress_message != "stale copy"
+        assert record.run_number == taken.run_number + 1
+        with pytest.raises(LeaseLost):
+            await client.transition("job", {S.RUNNING}, S.DONE, expected_owner=stalled.incarnation)
+
+
+async def _no_runs(w: Worker) -> bool:
+    return not w.engine.active_runs()
+
+
+async def test_the_worker_record_says_who_runs_what(
+    store_url: tuple[str, str], client: Store
+) -> None:
+    """Each worker records its name, incarnation, host, pid, runs and served ids, renews
+    it, and removes it when it stops cleanly."""
+    gate = asyncio.Event()
+
+    async def waits(ctx: ProcessContext) -> None:
+        await gate.wait()
+
+    w = worker(store_url, task("w1", waits), task("w2"), name="alpha", poll_interval=0.02)
+    async with w:
+        await launch(client, "w1")
+        await eventually(lambda: _is(client, "w1", S.RUNNING))
+
+        async def shows_the_run() -> bool:
+            records = await client.list_workers()
+            return len(records) == 1 and records[0].runs == 1
+
+        await eventually(shows_the_run)
+        [record] = await client.list_workers()
+        assert record.name == "alpha" and record.incarnation == w.incarnation
+        assert record.process_ids == ("w1", "w2") and record.concurrency == 10
+        assert record.renewed_at > record.started_at
+        gate.set()
+    assert await client.list_workers() == []
+
+
+async def test_drain_lets_runs_finish_then_cancels_what_is_left(
+    store_url: tuple[str, str], client: Store
+) -> None:
+    """stop() stops claiming, waits for running runs up to the drain deadline, then
+    cancels the rest: every record ends in a true terminal state."""
+    gate = asyncio.Event()
+
+    async def quick(ctx: ProcessContext) -> None:
+        await gate.wait()
+
+    w = worker(store_url, task("quick", quick), task("slow", forever), poll_interval=0.02)
+    await w.start()
+    try:
+        await launch(client, "quick")
+        await launch(client, "slow")
+        await eventually(lambda: _both_running(client))
+        stopping = asyncio.ensure_future(w.stop(drain_timeout=0.5))
+        await asyncio.sleep(0)
+        gate.set()
+        await stopping
+    finally:
+        await w.stop()
+    assert (await state_of(client, "quick")).state is S.DONE
+    assert (await state_of(client, "slow")).state in (S.CANCELLED, S.FAILED)
+    await launch(client, "quick")
+    assert (await state_of(client, "quick")).state is S.SCHEDULED  # nobody claims it now
+
+
+async def _both_running(store: Store) -> bool:
+    return await _is(store, "quick", S.RUNNING) and await _is(store, "slow", S.RUNNING)
