@@ -57,7 +57,7 @@ async def eventually(
 ) -> None:
     """Poll ``probe`` (a store read) until it holds; fail after ``timeout`` seconds."""
     async with asyncio.timeout(timeout):
-        while not await probe():
+        while not await probe():  # noqa: ASYNC110 - another process writes the store
             await asyncio.sleep(0.02)
 
 
@@ -160,8 +160,7 @@ async def test_a_cancel_from_a_client_reaches_the_run_over_the_bus_and_without_i
 
     async def long(ctx: ProcessContext) -> None:
         try:
-            while ctx.should_continue():
-                await asyncio.sleep(0.01)
+            await ctx.wait_cancelled()
         finally:
             stopped.append(ctx.process_id)
 
