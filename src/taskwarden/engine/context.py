@@ -62,6 +62,25 @@ class ProcessContext:
         return self._run.definition.metadata
 
     @property
+    def run_number(self) -> int:
+        """Which run of the process this is (1 for the first; the store counts them)."""
+        return self._run.record.run_number
+
+    @property
+    def lost_count(self) -> int:
+        """How many earlier attempts of this launch were lost with their worker (0 for a
+        fresh launch; see ``TaskInstance.on_worker_lost``)."""
+        return self._run.record.lost_count
+
+    @property
+    def resumed(self) -> bool:
+        """True when this run resumes an attempt whose worker was lost (the task's
+        ``on_worker_lost`` is ``"resume"``): the record's progress and log are what the
+        lost attempt saved, so the task can pick up from there."""
+        record = self._run.record
+        return record.on_worker_lost == "resume" and record.lost_count > 0
+
+    @property
     def services(self) -> dict[str, Any]:
         """The services passed to ``init()``, for dependency injection."""
         return self._engine.services

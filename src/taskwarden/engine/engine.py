@@ -373,8 +373,15 @@ class Engine(ClaimMixin, RecoveryMixin):
         for task in tasks:
             existing = await self.store.get(task.process_id)
             if existing is None:
-                await self.store.create(new_record(task, now=now))
-            else:
+                try:
+                    await self.store.create(new_record(task, now=now))
+                    continue
+                except InvalidDefinition:
+                    # Another engine (a worker starting beside this one) created it first.
+                    existing = await self.store.get(task.process_id)
+                    if existing is None:
+                        raise
+            if existing is not None:
                 fields = definition_fields(task)
                 fields["adhoc"] = False
                 changed = {k: v for k, v in fields.items() if getattr(existing, k) != v}

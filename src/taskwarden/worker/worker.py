@@ -169,6 +169,8 @@ class Worker:
         self._wake_watch: BusSubscription | None = None
         self._last_renewal = time.monotonic()
         self._stop_requested = asyncio.Event()
+        self.ready = asyncio.Event()
+        """Set once :meth:`start` has finished: the worker claims from then on."""
         self._stopped = False
         self._signals = 0
 
@@ -202,6 +204,7 @@ class Worker:
             loop.create_task(self._renew_loop(), name="taskwarden-renew"),
             loop.create_task(self._reap_loop(), name="taskwarden-reap"),
         ]
+        self.ready.set()
         logger.info(
             "worker %s (%s) serves %d processes with %d slots",
             self.name,
@@ -492,13 +495,16 @@ class Worker:
         logger.warning("process %r: %s", record.process_id, error)
         self.engine._notify(failed)
         if again:
+            fields = dict(_RELAUNCH_RESET)
+            if policy == "retry":  # a fresh attempt; "resume" keeps what the run saved
+                fields.update(progress_percent=None, progress_message=None, log=())
             try:
                 relaunched = await self.store.transition(
                     record.process_id,
                     {S.FAILED},
                     S.SCHEDULED,
                     lost_count=record.lost_count + 1,
-                    **_RELAUNCH_RESET,
+                    **fields,
                 )
             except (InvalidTransition, ProcessNotFound):
                 return True
