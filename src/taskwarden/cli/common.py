@@ -73,6 +73,9 @@ _STATE_STYLES = {
     "cancelled": "yellow",
     "completed": "green",
     "pending": "blue",
+    "ok": "green",
+    "stale": "red",
+    "unknown": "dim",
 }
 
 

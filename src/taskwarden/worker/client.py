@@ -22,6 +22,7 @@ from taskwarden.errors import (
 )
 from taskwarden.processes import (
     CANCELLABLE_STATES,
+    DISMISSABLE_STATES,
     LAUNCHABLE_STATES,
     LogEntry,
     LogLevel,
@@ -30,7 +31,7 @@ from taskwarden.processes import (
     utcnow,
 )
 
-__all__ = ["cancel", "cancel_topic", "launch", "wake_topic"]
+__all__ = ["cancel", "cancel_topic", "dismiss", "launch", "wake_topic"]
 
 logger = logging.getLogger("taskwarden.worker")
 
@@ -160,3 +161,22 @@ async def cancel(
         await _notify(bus, cancel_topic(prefix), payload)
         return requested
     raise NotCancellable(process_id, f"process {process_id!r} kept changing state; retry")
+
+
+async def dismiss(store: Store, process_id: str) -> ProcessRecord:
+    """Reset a done, failed or cancelled process to ``idle``: the run's fields (times,
+    error, progress, log) are cleared and its descendants deleted. Returns the record.
+
+    Raises:
+        ProcessNotFound: no such process.
+        InvalidTransition: it is not done, failed or cancelled (``current`` says what).
+    """
+    record = await store.get(process_id)
+    if record is None:
+        raise ProcessNotFound(process_id)
+    if record.state not in DISMISSABLE_STATES:
+        raise InvalidTransition(process_id, record.state, S.IDLE)
+    fields = {k: v for k, v in _RESET.items() if not k.startswith("lease_")}
+    idle = await store.transition(process_id, DISMISSABLE_STATES, S.IDLE, **fields)
+    await store.delete_descendants(process_id)
+    return idle
