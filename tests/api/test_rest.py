@@ -304,7 +304,12 @@ async def test_history_lists_runs_with_errors_and_shows_one(
     assert (await client.get("/api/history", params={"status": "lost"})).status_code == 400
 
 
-async def test_commands_without_engine_or_bus_are_refused_with_no_engine(sqlite_url: str) -> None:
+async def test_commands_without_engine_go_through_the_store_for_the_workers(
+    sqlite_url: str,
+) -> None:
+    """A server with no engine queues a launch for the fleet (``scheduled``, no owner),
+    cancels and dismisses through the store, refuses with optio's reasons, and refuses
+    resync (which needs definitions) with ``no-engine``."""
     store: Store = open_store(sqlite_url)
     async with store:
         url: Any = sqlite_url
@@ -314,10 +319,26 @@ async def test_commands_without_engine_or_bus_are_refused_with_no_engine(sqlite_
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://tw") as client:
             response = await client.post("/api/processes/plain/launch")
-            assert response.status_code == 503
-            assert response.json()["reason"] == "no-engine"
-            assert (await store.get("plain")) is not None
+            assert response.status_code == 200, response.text
+            queued = await store.get("plain")
+            assert queued is not None and queued.state is S.SCHEDULED
+            assert queued.lease_owner is None
+            again = await client.post("/api/processes/plain/launch")
+            assert again.status_code == 409 and again.json()["reason"] == "not-launchable"
+            busy = await client.post("/api/processes/plain/dismiss")
+            assert busy.status_code == 409 and busy.json()["reason"] == "not-dismissable"
+            cancelled = await client.post("/api/processes/plain/cancel")
+            assert cancelled.status_code == 200, cancelled.text
+            assert (await store.get("plain")).state is S.CANCELLED  # type: ignore[union-attr]
+            refused = await client.post("/api/processes/plain/cancel")
+            assert refused.status_code == 409 and refused.json()["reason"] == "not-cancellable"
+            dismissed = await client.post("/api/processes/plain/dismiss")
+            assert dismissed.status_code == 200
             assert (await store.get("plain")).state is S.IDLE  # type: ignore[union-attr]
+            missing = await client.post("/api/processes/ghost/launch")
+            assert missing.status_code == 404 and missing.json()["reason"] == "not-found"
+            resync = await client.post("/api/processes/resync")
+            assert resync.status_code == 503 and resync.json()["reason"] == "no-engine"
             listed = (await client.get("/api/processes")).json()
             assert listed["totalCount"] == 4
 

@@ -71,7 +71,7 @@ def create_app(
     service = Service(
         store=store,
         bus=bus,
-        commands=Commands(engine=engine, bus=bus, prefix=prefix),
+        commands=Commands(store=store, engine=engine, bus=bus, prefix=prefix),
         feed=feed,
         keepalive=keepalive,
     )

@@ -1,9 +1,13 @@
 """Launch, cancel, dismiss and resync as the API runs them, with optio's refusals.
 
-A server that hosts an engine runs the command on it. A server without one sends it over
-the bus to an engine that serves commands (:class:`~taskwarden.remote.RemoteClient`). With
-neither, a command is refused with the reason ``no-engine`` (503). The engine decides; this
-module only maps its refusal ``reason`` to optio's reason strings and HTTP statuses.
+Launch, cancel and dismiss work from any server that reaches the store: a server that hosts
+an engine runs the command on it when the engine has the process (its definition, or its
+run); otherwise the command goes through the fleet's client (:mod:`taskwarden.worker.client`):
+the store is written first, then the workers are told over the bus, and a worker that
+serves the process claims the launch or runs the cancel. Resync needs definitions: it runs
+on the server's engine, or over the bus on an engine that serves commands, else it is
+refused with the reason ``no-engine`` (503). This module maps refusals' ``reason`` codes to
+optio's reason strings and HTTP statuses.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from taskwarden.errors import TaskwardenError
 
 if TYPE_CHECKING:
-    from taskwarden.abc import Bus
+    from taskwarden.abc import Bus, Store
     from taskwarden.engine import Engine
 
 __all__ = ["CommandRefused", "Commands", "Verb"]
@@ -74,8 +78,10 @@ def _refusal(verb: str, reason: str | None, message: str | None) -> CommandRefus
 
 @dataclass
 class Commands:
-    """Runs commands on the server's engine, or over the bus when it has none."""
+    """Runs commands on the server's engine when it has the process, else through the
+    store for the fleet's workers (see the module docstring)."""
 
+    store: Store
     engine: Engine | None
     bus: Bus | None
     prefix: str = "taskwarden"
@@ -89,25 +95,34 @@ class Commands:
             503,
         )
 
+    def _on_engine(self, verb: Verb, process_id: str) -> bool:
+        engine = self.engine
+        if engine is None:
+            return False
+        if verb == "launch":
+            return process_id in engine.served_process_ids
+        if verb == "cancel":
+            return process_id in engine.active_runs()
+        return True
+
     async def run(self, verb: Verb, process_id: str) -> None:
         """Run ``verb`` on ``process_id``; raise :class:`CommandRefused` when refused."""
-        if self.engine is not None:
-            try:
-                await getattr(self.engine, verb)(process_id)
-            except TaskwardenError as exc:
-                raise _refusal(verb, exc.reason, str(exc)) from None
-            return
-        if self.bus is None:
-            raise self._no_engine()
-        from taskwarden.remote import RemoteClient
-
-        client = RemoteClient(self.bus, prefix=self.prefix, timeout=self.timeout)
         try:
-            result = await getattr(client, verb)(process_id)
+            if self.engine is not None and self._on_engine(verb, process_id):
+                await getattr(self.engine, verb)(process_id)
+                return
+            from taskwarden.worker import client
+
+            if verb == "launch":
+                await client.launch(self.store, process_id, bus=self.bus, prefix=self.prefix)
+            elif verb == "cancel":
+                await client.cancel(
+                    self.store, process_id, bus=self.bus, prefix=self.prefix, requested_by="api"
+                )
+            else:
+                await client.dismiss(self.store, process_id)
         except TaskwardenError as exc:
             raise _refusal(verb, exc.reason, str(exc)) from None
-        if not result.ok:
-            raise _refusal(verb, result.reason, result.message)
 
     async def resync(self, clean: bool, metadata_filter: Mapping[str, Any] | None) -> None:
         """Re-read the definitions (and with ``clean``, rebuild the records)."""

@@ -318,3 +318,19 @@ async def history_run(request: Request, index: int) -> JSONResponse:
         if run.index == index:
             return JSONResponse(run_document(run))
     return JSONResponse({"message": f"Run {index} not found"}, status_code=404)
+
+
+# ---------------------------------------------------------------- the fleet
+@router.get("/workers", summary="The fleet's workers, from their records in the store")
+async def workers(
+    request: Request,
+    stale_after: Annotated[
+        float,
+        Query(alias="staleAfter", gt=0, description="seconds without renewal before stale"),
+    ] = 30.0,
+) -> dict[str, Any]:
+    """Every worker record: name, incarnation, host, pid, start and last renewal, runs
+    held, slots, the process ids it serves, and ``ok`` / ``stale`` from the renewal age."""
+    now = datetime.now(UTC)
+    records = await _service(request).store.list_workers()
+    return {"items": [worker.to_document(now, stale_after) for worker in records]}
