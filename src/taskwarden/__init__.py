@@ -7,6 +7,7 @@ This module is the curated public API: everything a user needs is importable fro
 from __future__ import annotations
 
 from taskwarden.abc import Bus, BusMessage, Store
+from taskwarden.application import Application, ApplicationNotFound, load_application
 from taskwarden.bus import open_bus
 from taskwarden.clock import Clock, FakeClock, SystemClock
 from taskwarden.engine import (
@@ -92,6 +93,8 @@ from taskwarden.supervisor import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Application",
+    "ApplicationNotFound",
     "Bus",
     "BusError",
     "BusMessage",
@@ -167,6 +170,7 @@ __all__ = [
     "launch",
     "launch_and_wait",
     "list_processes",
+    "load_application",
     "mapped_progress",
     "open_bus",
     "open_store",

@@ -39,9 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         help="store URL for the process half (default: $TASKWARDEN_STORE or "
         "sqlite:///taskwarden.db)",
     )
-    from taskwarden.cli import control, history, logs, ps, tree, workers
+    from taskwarden.cli import control, history, logs, ps, tree, worker, workers
 
-    for module in (ps, tree, history, logs, control, workers):
+    for module in (ps, tree, history, logs, control, workers, worker):
         module.register(commands)
     return parser
 
