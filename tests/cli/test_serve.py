@@ -50,12 +50,16 @@ class Served:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=BOUND)
 
-    def terminate(self) -> float:
-        """Send SIGTERM; return the seconds until the process exited, asserting code 0."""
+    def terminate(self, times: int = 1) -> float:
+        """Send SIGTERM ``times``; return the seconds until the process exited, asserting
+        it exited 0 with no traceback."""
         began = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
+        for _ in range(times):
+            self.proc.send_signal(signal.SIGTERM)
         assert self.proc.wait(timeout=BOUND) == 0, self.stderr.lines
-        return time.monotonic() - began
+        elapsed = time.monotonic() - began
+        assert not any("Traceback" in line for line in self.stderr.rest()), self.stderr.lines
+        return elapsed
 
 
 @contextmanager
@@ -150,8 +154,7 @@ def test_serve_demo_lists_streams_and_stops_on_sigterm_with_a_stream_open(
                 rest = [json.loads(f["data"]) for f in frames if "data" in f]
         assert rest and rest[-1] == {"type": "shutdown"}
         assert stopped_in < STOP_BOUND, stopped_in
-        assert served.stderr.wait_for(lambda line: "stopped in" in line)
-        assert not any("Traceback" in line for line in served.stderr.rest())
+        assert any("stopped in" in line for line in served.stderr.lines)
 
 
 @pytest.mark.slow
@@ -174,7 +177,8 @@ def test_serve_app_hosts_an_engine_that_runs_api_and_cli_launches(tmp_path: Path
             assert worker["processIds"] == ["greet"] and worker["status"] == "ok"
         again = run_json("launch", "greet", "--wait", "--interval", "0.05", store=store)
         assert again["status"]["state"] == "done"
-        assert served.terminate() < STOP_BOUND
+        # `timeout` and some supervisors signal twice: still a clean stop.
+        assert served.terminate(times=2) < STOP_BOUND
 
 
 @pytest.mark.slow

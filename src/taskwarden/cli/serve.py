@@ -70,9 +70,11 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--bus", metavar="URL", default=None, help="bus URL (default: $TASKWARDEN_BUS)"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
-        "--port", type=_port, default=8000, help="port to listen on (0: any free one)"
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=_port, default=8000, help="port to listen on (default 8000; 0: any free one)"
     )
     parser.add_argument(
         "--token",

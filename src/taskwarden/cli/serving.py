@@ -9,7 +9,8 @@ Ctrl-C or SIGTERM, is what makes it quick even with browsers connected:
 3. the embedded worker drains (``--drain``) and its engine shuts down, leaving every record
    it ran terminal; then the store and the bus are closed.
 
-A second signal makes uvicorn skip its wait.
+Every step is bounded, so a repeated signal (``timeout`` sends SIGTERM twice) changes
+nothing: it does not use uvicorn's forced exit, which would skip the app's lifespan end.
 """
 
 from __future__ import annotations
@@ -92,8 +93,6 @@ class _Host:
         self.sock = sock
         self.host = host
         self.stop_requested = asyncio.Event()
-        self.signals = 0
-        self.server: _Server | None = None
         self.bus: Bus | None = None
         self.store: Store | None = None
         self.worker: Worker | None = None
@@ -160,7 +159,7 @@ class _Host:
             timeout_graceful_shutdown=int(GRACE),
             lifespan="on",
         )
-        self.server = server = _Server(config)
+        server = _Server(config)
         serving = asyncio.create_task(server.serve(sockets=[self.sock]), name="tw-serve")
         async with asyncio.timeout(STARTUP_BOUND):
             while not server.started and not serving.done():  # noqa: ASYNC110 - no event
@@ -221,10 +220,7 @@ class _Host:
                 loop.remove_signal_handler(signum)
 
     def _on_signal(self) -> None:
-        self.signals += 1
         self.stop_requested.set()
-        if self.signals > 1 and self.server is not None:
-            self.server.force_exit = True
 
     async def _stop_worker(self) -> None:
         worker, self.worker = self.worker, None
