@@ -23,6 +23,7 @@ RUNNABLE_DOCS = [
     "docs/stores.md",
     "docs/heartbeats.md",
     "docs/fleet.md",
+    "docs/api.md",
 ]
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 # A block right after this comment serves until stopped (it needs a real server or waits
