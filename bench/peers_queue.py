@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Peer job queues for the engine benchmarks: procrastinate (PostgreSQL) and saq (Redis).
+"""Peer job queues for the engine benchmarks: procrastinate and pgqueuer (PostgreSQL), saq
+(Redis).
 
-    python bench/peers_queue.py bench  --peer procrastinate|saq --case drain|trickle
+    python bench/peers_queue.py bench  --peer procrastinate|pgqueuer|saq --case drain|trickle
+                                       [--workers 1] [--batch 10 (pgqueuer)]
                                        [--n 10000] [--concurrency 100] [--trickle 200 --rate 50]
     python bench/peers_queue.py worker --peer ...          # spawned by `bench`, not by hand
 
@@ -14,10 +16,11 @@ Measured the way the issue's anchor figures were: each job's only work is append
 ``"<seq> <time.monotonic()>"`` to a sink file (CLOCK_MONOTONIC is system-wide, so the worker
 process's stamps compare with the producer's).
 
-* ``drain``: N jobs enqueued one after the other with no worker running, then one fresh worker
-  process (``--concurrency`` jobs at once) drains them; ``drain_per_s`` = (N - 1) / (first
-  job start -> last job start): enqueueing and worker boot are excluded (favourable to the
-  peer; taskwarden's drain counts its launches too). ``enqueue_per_s`` is also reported.
+* ``drain``: N jobs enqueued one after the other with no worker running, then ``--workers``
+  fresh worker processes (``--concurrency`` jobs at once each) drain them;
+  ``drain_per_s`` = (N - 1) / (first job start -> last job start): enqueueing and worker
+  boot are excluded (favourable to the peer; taskwarden's drain counts its launches too).
+  ``enqueue_per_s`` is also reported.
 * ``trickle``: a warm, idle worker (1 s after its warm-up job ran); ``--trickle`` jobs
   enqueued on a fixed schedule of ``--rate`` per second; latency = the job's start stamp
   minus the time just before the enqueue call; p50 and p99.
@@ -200,7 +203,68 @@ async def saq_noop(ctx: Any, *, seq: int) -> None:
     stamp(seq)
 
 
-PEERS = {"procrastinate": Procrastinate, "saq": Saq}
+# --------------------------------------------------------------------------- pgqueuer
+class PgQueuer:
+    """pgqueuer on PostgreSQL (asyncpg): ``Queries.enqueue`` to enqueue, a ``QueueManager``
+    per worker; ``--batch`` is its dequeue batch size (its default is 10)."""
+
+    name = "pgqueuer"
+    backend = "postgres"
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.dsn = os.environ.get("BENCH_PEER_DSN", "")
+        self.db = ""
+        self.conn: Any = None
+
+    async def setup(self) -> dict[str, str]:
+        import asyncpg
+        from pgqueuer import AsyncpgDriver, Queries
+
+        base, _, _ = PG_URL.rpartition("/")
+        self.db = f"pgqbench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        admin = await asyncpg.connect(PG_URL)
+        try:
+            await admin.execute(f"CREATE DATABASE {self.db}")
+        finally:
+            await admin.close()
+        self.dsn = f"{base}/{self.db}"
+        self.conn = await asyncpg.connect(self.dsn)
+        self.queries = Queries(AsyncpgDriver(self.conn))
+        await self.queries.install()
+        return {"BENCH_PEER_DSN": self.dsn}
+
+    async def close(self) -> None:
+        import asyncpg
+
+        await self.conn.close()
+        admin = await asyncpg.connect(PG_URL)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+    async def enqueue(self, seq: int) -> None:
+        await self.queries.enqueue("noop", str(seq).encode())
+
+    async def work(self) -> None:
+        import asyncpg
+        from pgqueuer import AsyncpgDriver, Queries, QueueManager
+
+        conn = await asyncpg.connect(self.dsn)
+        qm = QueueManager(Queries(AsyncpgDriver(conn)))
+
+        @qm.entrypoint("noop")
+        async def noop(job: Any) -> None:
+            stamp(int(job.payload))
+
+        await qm.run(batch_size=self.args.batch)
+
+    def versions(self) -> dict[str, str]:
+        return {"version": version("pgqueuer"), "driver": f"asyncpg {version('asyncpg')}"}
+
+
+PEERS = {"procrastinate": Procrastinate, "saq": Saq, "pgqueuer": PgQueuer}
 
 
 # --------------------------------------------------------------------------- the driver
@@ -217,6 +281,8 @@ class Worker:
             args.peer,
             "--concurrency",
             str(args.concurrency),
+            "--batch",
+            str(args.batch),
         ]
         self.proc = subprocess.Popen(
             cmd,
@@ -243,11 +309,12 @@ async def case_drain(peer: Any, args: argparse.Namespace, env: dict[str, str], t
     for seq in range(n):
         await peer.enqueue(seq)
     enqueue_s = time.monotonic() - t0
-    worker = Worker(args, sink.path, env)
+    workers = [Worker(args, sink.path, env) for _ in range(args.workers)]
     try:
         ok = await sink.wait_for(n, args.timeout, interval=0.02)
     finally:
-        worker.stop()
+        for worker in workers:
+            worker.stop()
     result: dict[str, Any] = {"enqueue_per_s": n / enqueue_s}
     if ok:
         stamps = sorted(sink.starts.values())
@@ -300,6 +367,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "case": args.case,
         "backend": peer.backend,
         "concurrency": args.concurrency,
+        "workers": args.workers,
+        **({"batch": args.batch} if args.peer == "pgqueuer" else {}),
         **({"n": args.n} if args.case == "drain" else {}),
         **peer.versions(),
         **result,
@@ -313,6 +382,8 @@ def main() -> None:
     ap.add_argument("--case", default="drain", choices=["drain", "trickle"])
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--concurrency", type=int, default=100)
+    ap.add_argument("--workers", type=int, default=1, help="worker processes (drain)")
+    ap.add_argument("--batch", type=int, default=10, help="pgqueuer's dequeue batch size")
     ap.add_argument("--trickle", type=int, default=200)
     ap.add_argument("--rate", type=float, default=50.0)
     ap.add_argument("--timeout", type=float, default=300.0)

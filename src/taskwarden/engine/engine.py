@@ -179,6 +179,9 @@ class Engine(ClaimMixin, RecoveryMixin):
         """Callbacks called with the record after every committed state change."""
         self.on_progress: list[Callable[[str], Any]] = []
         """Callbacks called with the process id after each progress and log flush."""
+        self.on_slot_freed: list[Callable[[], None]] = []
+        """Callbacks called when a root run gives its concurrency slot back (a worker
+        claims again then)."""
         self.state = EngineState.CREATED
         self._definitions: dict[str, TaskInstance] = {}
         self._schedules: dict[str, CronSchedule] = {}

@@ -151,6 +151,7 @@ class RunMixin:
     max_messages_per_flush: int
     on_change: list[ChangeCallback]
     on_progress: list[Callable[[str], Any]]
+    on_slot_freed: list[Callable[[], None]]
     _definitions: dict[str, TaskInstance]
     _schedules: dict[str, CronSchedule]
     _runs: dict[str, _Run]
@@ -253,6 +254,8 @@ class RunMixin:
             run.holds_slot = False
             self._active_roots -= 1
             self._start_pending()
+            for callback in self.on_slot_freed:
+                callback()
 
     def _start_pending(self) -> None:
         """Give free slots to the runs waiting for one, oldest first (O(1) each)."""

@@ -187,7 +187,7 @@ class Worker:
         self.started_at = self.clock.wall()
         await self._put_record()
         loop = asyncio.get_running_loop()
-        self.engine.on_change.append(self._on_change)
+        self.engine.on_slot_freed.append(self._wake.set)
         if self.bus is not None:
             from taskwarden.remote import RemoteControl
 
@@ -325,17 +325,15 @@ class Worker:
         await self.stop()
 
     # ------------------------------------------------------------------ claiming
-    def _on_change(self, record: ProcessRecord) -> None:
-        # A root run that ended frees a slot: claim again now rather than at the next poll.
-        if record.parent_id is None and record.state not in (S.SCHEDULED, S.RUNNING):
-            self._wake.set()
-
     async def _watch_wakes(self, subscription: BusSubscription) -> None:
         async for _ in subscription:
             self._wake.set()
 
     async def _claim_loop(self) -> None:
         while self._claiming:
+            # Cleared before the claim: a wake-up (a launch, a freed slot) that arrives
+            # while the claim is in flight must start the next claim, not wait for a poll.
+            self._wake.clear()
             try:
                 claimed = await self.claim_once()
             except Exception:
@@ -343,7 +341,6 @@ class Worker:
                 claimed = 0
             if claimed and self._has_free_slot():
                 continue  # a full batch: there may be more waiting
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
