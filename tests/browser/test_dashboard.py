@@ -93,6 +93,7 @@ class ServedEngine:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=10)
+            self.loop.close()
 
 
 @pytest.fixture
