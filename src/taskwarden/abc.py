@@ -443,7 +443,8 @@ class Store(ABC):
         machines) never take the same process (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: a
         claimer skips rows another is taking instead of waiting). The oldest scheduled
         (by ``updated_at``, then ``process_id``) come first; the result keeps that order.
-        A process scheduled with a live lease is never claimed.
+        A process scheduled with a live lease is never claimed, nor one without a lease
+        whose ``next_attempt_at`` (a retry's due time) is after now.
         """
 
     @abstractmethod

@@ -9,7 +9,7 @@ direct cancel of a queued process)::
 
     idle             -> scheduled
     scheduled        -> running, cancel_requested, cancelled (added), failed (added)
-    running          -> done, failed, cancel_requested
+    running          -> done, failed, cancel_requested, scheduled (added)
     cancel_requested -> cancelling, failed      (added)
     cancelling       -> cancelled, failed       (added)
     done             -> scheduled, idle
@@ -23,6 +23,9 @@ the forced cancel and keeps going is recorded ``failed`` (abandoned), and the pr
 dead or crashed worker are recorded ``failed`` by recovery (``running -> failed`` was already
 in the seed). A queued run that can never start (its definition is gone, the engine that
 queued it crashed before starting it) is recorded ``failed`` by ``scheduled -> failed``.
+``running -> scheduled`` is a failed attempt of a task with retries on error going back
+to wait for its next try, in one write with its run's history entry (so nobody waiting
+for the end sees a failure that is about to be retried).
 ``scheduled -> cancelled`` is the seed's documented cancel of a queued process
 (its text says "If scheduled, it transitions directly to cancelled"); its table lists
 ``cancel_requested`` for it too, and both are kept.
@@ -106,7 +109,7 @@ TRANSITIONS: Mapping[ProcessState, frozenset[ProcessState]] = MappingProxyType(
     {
         _S.IDLE: frozenset({_S.SCHEDULED}),
         _S.SCHEDULED: frozenset({_S.RUNNING, _S.CANCEL_REQUESTED, _S.CANCELLED, _S.FAILED}),
-        _S.RUNNING: frozenset({_S.DONE, _S.FAILED, _S.CANCEL_REQUESTED}),
+        _S.RUNNING: frozenset({_S.DONE, _S.FAILED, _S.CANCEL_REQUESTED, _S.SCHEDULED}),
         _S.CANCEL_REQUESTED: frozenset({_S.CANCELLING, _S.FAILED}),
         _S.CANCELLING: frozenset({_S.CANCELLED, _S.FAILED}),
         _S.DONE: frozenset({_S.SCHEDULED, _S.IDLE}),
@@ -186,7 +189,10 @@ class ProcessRecord:
     whose worker died may be relaunched rather than failed), and the policy for a run
     whose worker is lost: ``on_worker_lost`` (``"fail"``, ``"retry"`` or ``"resume"``),
     ``lost_retries`` (the relaunch budget of ``"retry"``) and ``lost_count`` (how many
-    times the current launch was relaunched after a lost worker).
+    times the current launch was relaunched after a lost worker). For a task with retries
+    on error, ``attempt`` counts the retries of the current launch (0 on the first try) and
+    ``next_attempt_at`` says when a failed attempt's process, back in ``scheduled``, is due
+    to be tried again.
     """
 
     process_id: str
@@ -224,6 +230,8 @@ class ProcessRecord:
     on_worker_lost: str = "fail"
     lost_retries: int = 1
     lost_count: int = 0
+    attempt: int = 0
+    next_attempt_at: datetime | None = None
 
     def __post_init__(self) -> None:
         # A root's root is itself; filling it here keeps "" from ever reaching a store.
@@ -251,7 +259,8 @@ class ProcessRecord:
 
         The seed's fields come first in its order; the worker fields follow under their
         camelCase names (``runNumber``, ``leaseOwner``, ``leaseExpiresAt``, ``lastCronTick``,
-        ``updatedAt``, ``resumable``, ``onWorkerLost``, ``lostRetries``, ``lostCount``).
+        ``updatedAt``, ``resumable``, ``onWorkerLost``, ``lostRetries``, ``lostCount``,
+        ``attempt``, ``nextAttemptAt``).
         """
         return {
             "processId": self.process_id,
@@ -290,6 +299,8 @@ class ProcessRecord:
             "onWorkerLost": self.on_worker_lost,
             "lostRetries": self.lost_retries,
             "lostCount": self.lost_count,
+            "attempt": self.attempt,
+            "nextAttemptAt": _iso(self.next_attempt_at),
         }
 
 
@@ -328,6 +339,8 @@ RUNTIME_FIELDS: frozenset[str] = frozenset(
         "lease_owner",
         "lease_expires_at",
         "lost_count",
+        "attempt",
+        "next_attempt_at",
     }
 )
 """Fields that ``Store.transition`` may set together with the new state."""

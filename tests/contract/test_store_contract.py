@@ -641,7 +641,7 @@ async def test_transition_validates_edges_and_fields_first(store: Store) -> None
     """An edge outside the table, empty expectations or a definition field are refused."""
     await put(store, S.IDLE, process_id="t")
     with pytest.raises(InvalidTransition):
-        await store.transition("t", [S.IDLE, S.RUNNING], S.SCHEDULED)
+        await store.transition("t", [S.IDLE, S.DONE], S.RUNNING)
     with pytest.raises(InvalidTransition):
         await store.transition("t", [], S.SCHEDULED)
     with pytest.raises(InvalidDefinition):
@@ -872,6 +872,31 @@ async def test_claim_takes_scheduled_processes_without_a_live_lease(
     assert await store.claim("w2", lease_seconds=10, limit=10) == []
     clock.advance(5)
     assert _ids_of(await store.claim("w3", lease_seconds=10, limit=10)) == ["held"]
+
+
+async def test_claim_leaves_a_retry_until_it_is_due(store: Store, clock: FakeClock) -> None:
+    """An unleased scheduled process with ``next_attempt_at`` in the future waits for it;
+    the retry fields round-trip through a transition."""
+    await put(store, S.RUNNING, process_id="flaky")
+    waiting = await store.transition(
+        "flaky",
+        [S.RUNNING],
+        S.SCHEDULED,
+        attempt=1,
+        next_attempt_at=T0 + timedelta(seconds=2),
+        lost_count=1,
+        lease_owner=None,
+        error="attempt 1 failed",
+    )
+    assert waiting.attempt == 1 and waiting.lost_count == 1
+    assert waiting.next_attempt_at == T0 + timedelta(seconds=2)
+    await put(store, S.SCHEDULED, process_id="fresh")
+    assert _ids_of(await store.claim("w", lease_seconds=10, limit=10)) == ["fresh"]
+    clock.advance(2)
+    [due] = await store.claim("w", lease_seconds=10, limit=10, process_ids=["flaky"])
+    assert due.process_id == "flaky" and due.lease_owner == "w" and due.attempt == 1
+    got = await store.get("flaky")
+    assert got is not None and got.next_attempt_at == T0 + timedelta(seconds=2)
 
 
 async def test_concurrent_claimers_never_share_a_process(backend: Backend) -> None:
@@ -1204,6 +1229,8 @@ async def test_a_version_1_database_is_upgraded_on_open(backend: Backend) -> Non
         "ALTER TABLE {p}_processes DROP COLUMN on_worker_lost",
         "ALTER TABLE {p}_processes DROP COLUMN lost_retries",
         "ALTER TABLE {p}_processes DROP COLUMN lost_count",
+        "ALTER TABLE {p}_processes DROP COLUMN attempt",
+        "ALTER TABLE {p}_processes DROP COLUMN next_attempt_at",
         "DROP TABLE {p}_workers",
         "DELETE FROM {p}_schema_version WHERE version > 1",
     )

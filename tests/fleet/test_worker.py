@@ -380,3 +380,44 @@ async def test_drain_lets_runs_finish_then_cancels_what_is_left(
 
 async def _both_running(store: Store) -> bool:
     return await _is(store, "quick", S.RUNNING) and await _is(store, "slow", S.RUNNING)
+
+
+async def test_a_failed_attempt_is_retried_when_due_by_whichever_worker_serves_it(
+    store_url: tuple[str, str], client: Store
+) -> None:
+    """The first worker records the failed attempt and leaves the process unleased until
+    its retry is due; it stops, and a second worker started later claims it when due (not
+    before: the store refuses the claim until ``next_attempt_at``)."""
+    from taskwarden import RetryPolicy
+
+    tries: list[str] = []
+
+    def flaky(label: str) -> Callable[[ProcessContext], Awaitable[None]]:
+        async def execute(ctx: ProcessContext) -> None:
+            tries.append(label)
+            if ctx.attempt == 0:
+                raise ConnectionError("the upstream reset the connection")
+
+        return execute
+
+    policy = RetryPolicy(attempts=2, delay=0.4, jitter=0.0)
+    async with worker(store_url, task("flaky", flaky("first"), retries=policy), poll_interval=0.02):
+        await launch(client, "flaky")
+        await eventually(lambda: _has_attempt(client, "flaky", 1))
+        waiting = await state_of(client, "flaky")
+        assert waiting.state is S.SCHEDULED and waiting.lease_owner is None
+        assert waiting.error == "ConnectionError: the upstream reset the connection"
+    second = task("flaky", flaky("second"), retries=policy)
+    async with worker(store_url, second, poll_interval=0.02):
+        await eventually(lambda: _is(client, "flaky", S.DONE))
+        assert tries == ["first", "second"]
+    failed, completed = reversed(await client.query_history(process_id="flaky"))
+    assert failed.status is OperationStatus.FAILED and "reset the connection" in str(failed.error)
+    assert completed.status is OperationStatus.COMPLETED
+    assert waiting.next_attempt_at is not None
+    assert completed.started_at >= waiting.next_attempt_at
+
+
+async def _has_attempt(store: Store, process_id: str, attempt: int) -> bool:
+    record = await store.get(process_id)
+    return record is not None and record.attempt == attempt

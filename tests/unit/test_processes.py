@@ -43,6 +43,7 @@ ADDED_EDGES = {
     (S.SCHEDULED, S.FAILED),
     (S.CANCEL_REQUESTED, S.FAILED),
     (S.CANCELLING, S.FAILED),
+    (S.RUNNING, S.SCHEDULED),  # a failed attempt waits for its retry
 }
 
 

@@ -36,6 +36,7 @@ from taskwarden.engine.progress_helpers import (
     mapped_progress,
     sequential_progress,
 )
+from taskwarden.engine.retries import RetryPolicy
 
 __all__ = [
     "ChildProgressInfo",
@@ -45,6 +46,7 @@ __all__ = [
     "EngineState",
     "ParallelGroup",
     "ProcessContext",
+    "RetryPolicy",
     "TaskInstance",
     "adhoc_define",
     "adhoc_delete",

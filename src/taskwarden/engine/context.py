@@ -16,7 +16,8 @@ from taskwarden.scope import Cancelable, validate_percent
 
 if TYPE_CHECKING:
     from taskwarden.engine.progress import ProgressBuffer
-    from taskwarden.engine.runs import RunMixin, _Run
+    from taskwarden.engine.run_state import _Run
+    from taskwarden.engine.runs import RunMixin
 
 __all__ = ["ProcessContext"]
 
@@ -71,6 +72,12 @@ class ProcessContext:
         """How many earlier attempts of this launch were lost with their worker (0 for a
         fresh launch; see ``TaskInstance.on_worker_lost``)."""
         return self._run.record.lost_count
+
+    @property
+    def attempt(self) -> int:
+        """Which retry on error this run is: 0 for the first try, 1 for the first retry
+        (see ``TaskInstance.retries``)."""
+        return self._run.record.attempt
 
     @property
     def resumed(self) -> bool:

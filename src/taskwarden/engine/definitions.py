@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from taskwarden.engine.retries import RetryPolicy
 from taskwarden.errors import InvalidDefinition
 from taskwarden.processes import ProcessRecord
 
@@ -38,6 +39,11 @@ class TaskInstance:
     ``worker-lost``); ``"resume"`` does the same for a task that picks up from what it
     saved.
 
+    ``retries`` opts in to retries on error (see :class:`~taskwarden.engine.RetryPolicy`):
+    a run that raises is recorded failed in the history, and its process waits in
+    ``scheduled`` until ``next_attempt_at``, when any engine or worker serving it starts it
+    again; past the last attempt the process is ``failed``.
+
     Example::
 
         TaskInstance(execute=nightly_cleanup, process_id="nightly-cleanup",
@@ -59,6 +65,7 @@ class TaskInstance:
     timeout: float | None = None
     on_worker_lost: str = "fail"
     lost_retries: int = 1
+    retries: RetryPolicy | None = None
 
 
 WORKER_LOST_POLICIES = ("fail", "retry", "resume")
@@ -95,6 +102,11 @@ def validate_definition(task: TaskInstance) -> None:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise InvalidDefinition(
             f"process {task.process_id!r}: lost_retries must be an int >= 0, got {retries!r}"
+        )
+    if task.retries is not None and not isinstance(task.retries, RetryPolicy):
+        raise InvalidDefinition(
+            f"process {task.process_id!r}: retries takes a RetryPolicy (for example "
+            f"RetryPolicy(attempts=3)) or None, got {task.retries!r}"
         )
     if task.schedule is not None or task.schedule_tz is not None:
         from taskwarden.engine.cron import CronSchedule

@@ -38,14 +38,8 @@ from taskwarden.engine.progress import (
     flush_interval_from_env,
 )
 from taskwarden.engine.recovery import HOST, RecoveryMixin
-from taskwarden.engine.runs import (
-    _INACTIVE,
-    _RESET_FIELDS,
-    ChangeCallback,
-    _quiet_get,
-    _Run,
-    _shielded,
-)
+from taskwarden.engine.run_state import _INACTIVE, _RESET_FIELDS, _quiet_get, _Run, _shielded
+from taskwarden.engine.runs import ChangeCallback
 from taskwarden.errors import (
     ConfigurationError,
     InvalidDefinition,
@@ -187,6 +181,7 @@ class Engine(ClaimMixin, RecoveryMixin):
         self._schedules: dict[str, CronSchedule] = {}
         self._runs: dict[str, _Run] = {}
         self._aux: set[asyncio.Task[Any]] = set()
+        self._retry_waits: set[asyncio.Task[None]] = set()
         self._max_concurrency = max_concurrency or None
         self._active_roots = 0
         self._pending: deque[_Run] = deque()
@@ -215,6 +210,7 @@ class Engine(ClaimMixin, RecoveryMixin):
         await self.resync()
         relaunch = await self._reconcile()
         self.state = EngineState.STARTED
+        await self._rearm_retries()
         for process_id in relaunch:
             try:
                 await self.launch(process_id)
@@ -273,6 +269,7 @@ class Engine(ClaimMixin, RecoveryMixin):
         deadline = self.shutdown_timeout if timeout is None else timeout
         try:
             await self._stop_cron()
+            await self._cancel_retry_waits()
             runs = list(self._runs.values())
             for run in runs:
                 await self._cancel_run(run, "the engine is shutting down")

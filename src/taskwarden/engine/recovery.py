@@ -13,7 +13,8 @@ import logging
 import os
 import socket
 
-from taskwarden.engine.runs import RunMixin, _seconds
+from taskwarden.engine.run_state import _seconds
+from taskwarden.engine.runs import RunMixin
 from taskwarden.errors import InvalidTransition, ProcessNotFound
 from taskwarden.model import OperationStatus
 from taskwarden.processes import ACTIVE_STATES, ProcessState

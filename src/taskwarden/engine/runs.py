@@ -15,7 +15,6 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,22 @@ from taskwarden.engine.children import ChildResult, ProgressFanIn
 from taskwarden.engine.context import ProcessContext
 from taskwarden.engine.definitions import TaskInstance, new_record, validate_definition
 from taskwarden.engine.progress import ProgressBuffer
+from taskwarden.engine.retries import RetryPlan, plan_retry
+from taskwarden.engine.run_state import (
+    _ACK_FROM_REQUESTED,
+    _ACK_FROM_RUNNING,
+    _NOT_STARTED,
+    _RESET_FIELDS,
+    _RETRY_WAIT,
+    _STATUS,
+    _await,
+    _error_text,
+    _quiet_get,
+    _Run,
+    _run_record,
+    _seconds,
+    _shielded,
+)
 from taskwarden.errors import (
     ChildProcessCancelled,
     InvalidDefinition,
@@ -56,83 +71,6 @@ S = ProcessState
 ChangeCallback = Callable[[ProcessRecord], Any]
 """Called with the new record after each committed state change (may return an awaitable)."""
 
-_STATUS = {
-    S.DONE: OperationStatus.COMPLETED,
-    S.FAILED: OperationStatus.FAILED,
-    S.CANCELLED: OperationStatus.CANCELLED,
-}
-
-_RESET_FIELDS: dict[str, Any] = {
-    "error": None,
-    "running_since": None,
-    "done_at": None,
-    "duration": None,
-    "failed_at": None,
-    "stopped_at": None,
-    "progress_percent": None,
-    "progress_message": None,
-    "log": (),
-    "lost_count": 0,
-}
-
-
-@dataclass(slots=True, eq=False)
-class _Run:
-    """One run of one process in this engine."""
-
-    process_id: str
-    definition: TaskInstance
-    record: ProcessRecord
-    parent: _Run | None = None
-    listener: Callable[[str, float | None, str | None], None] | None = None
-    task: asyncio.Task[None] | None = None
-    scope: Cancelable | None = None
-    progress: ProgressBuffer | None = None
-    ended: bool = False
-    """True once the run is over (what :attr:`done` announces)."""
-    _done: asyncio.Event | None = None
-    started: bool = False
-    finished: bool = False
-    abandoned: bool = False
-    waiting_for_slot: bool = False
-    holds_slot: bool = False
-    cancel_requested: bool = False
-    cancel_message: str = ""
-    ephemeral: bool = False
-    final_state: ProcessState | None = None
-    error: str | None = None
-    launch: asyncio.Future[ProcessRecord | None] | None = None
-    """Set for a run started together with its launch: the launch's outcome (its
-    ``scheduled`` record once its bookkeeping is done, None if it failed)."""
-    finishing: bool = False
-    """Its end is being recorded: the engine no longer cancels its task."""
-    final_progress: dict[str, Any] | None = None
-    end_submitted: bool = False
-    end_record: ProcessRecord | None = None
-    lease_lost: bool = False
-    """Its lease was reaped (the worker looked dead): nothing it does is written."""
-
-    @property
-    def done(self) -> asyncio.Event:
-        """Set once the run is over; made on first use (most runs are never waited for)."""
-        event = self._done
-        if event is None:
-            event = self._done = asyncio.Event()
-            if self.ended:
-                event.set()
-        return event
-
-    def set_done(self) -> None:
-        """Mark the run over and wake whoever waits on :attr:`done`."""
-        self.ended = True
-        if self._done is not None:
-            self._done.set()
-
-
-def _error_text(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
 
 class RunMixin:
     """Executes runs for the engine (see the module docstring)."""
@@ -156,6 +94,8 @@ class RunMixin:
     _schedules: dict[str, CronSchedule]
     _runs: dict[str, _Run]
     _aux: set[asyncio.Task[Any]]
+    _retry_waits: set[asyncio.Task[None]]
+    _stop: asyncio.Event
     _max_concurrency: int | None
     _active_roots: int
     _pending: deque[_Run]
@@ -304,10 +244,14 @@ class RunMixin:
             record = started
             run.ephemeral = run.ephemeral or record.ephemeral
         else:
+            start: dict[str, Any] = {"running_since": now}
+            if run.definition.retries is not None:
+                # A retry that was due: it runs now, and the last attempt's error is history.
+                start.update(next_attempt_at=None, error=None)
+            if run.take_lease:
+                start.update(self._hold())
             try:
-                record = await self.store.transition(
-                    process_id, {S.SCHEDULED}, S.RUNNING, running_since=now
-                )
+                record = await self.store.transition(process_id, {S.SCHEDULED}, S.RUNNING, **start)
             except (InvalidTransition, ProcessNotFound):
                 return  # cancelled or removed before it started
         run.record = record
@@ -407,7 +351,12 @@ class RunMixin:
             if progress is not None:
                 await progress.discard()
             return
+        retry = None
+        if run.parent is None and not (cancelled or scope.is_cancelled or run.cancel_requested):
+            retry = plan_retry(run.definition.retries, run.record.attempt, error, self.clock.wall())
         if progress is not None:
+            if retry is not None and error is not None and not run.abandoned:
+                progress.log(LogLevel.WARNING, f"{retry.note}: {_error_text(error)}")
             if scope.context.cancel_reason is CancelationReason.TIMEOUT and not run.abandoned:
                 progress.log(LogLevel.WARNING, scope.context.cancel_message or "timed out")
             try:
@@ -445,7 +394,7 @@ class RunMixin:
             )
 
         record = await self._end_record(
-            run, target, cancelled, now, duration, error_text, history, final_progress
+            run, target, cancelled, now, duration, error_text, history, final_progress, retry
         )
         run.end_record = record
         if record is None:
@@ -463,6 +412,9 @@ class RunMixin:
         run.error = record.error
         if run.listener is not None:
             run.listener(str(record.state), run.progress.percent if run.progress else None, None)
+        if record.state is S.SCHEDULED and retry is not None:
+            self._arm_retry(process_id, retry.delay)
+            return
         await self._after_terminal(record, run)
 
     async def _end_record(
@@ -475,6 +427,7 @@ class RunMixin:
         error: str | None,
         history: Callable[[ProcessState], RunRecord],
         final_progress: dict[str, Any],
+        retry: RetryPlan | None = None,
     ) -> ProcessRecord | None:
         process_id = run.process_id
         for _ in range(3):
@@ -484,8 +437,15 @@ class RunMixin:
             else:
                 expected = {S.RUNNING}
             fields: dict[str, Any] = {"duration": duration, **final_progress}
+            written = target
             if target is S.DONE:
                 fields["done_at"] = now
+            elif target is S.FAILED and retry is not None and not cancelled:
+                # The failed attempt enters the history; the process waits for its retry,
+                # unleased so that whoever serves it when it is due may start it.
+                written = S.SCHEDULED
+                fields.update(_RETRY_WAIT, error=error)
+                fields.update(attempt=retry.attempt, next_attempt_at=retry.due)
             elif target is S.FAILED:
                 fields.update(failed_at=now, error=error)
             else:
@@ -497,7 +457,7 @@ class RunMixin:
                 record = await self.store.transition(
                     process_id,
                     expected,
-                    target,
+                    written,
                     expected_owner=self.engine_id,
                     run=history(target),
                     **fields,
@@ -697,6 +657,57 @@ class RunMixin:
         run.set_done()
 
     # ------------------------------------------------------------------ plumbing
+    # ------------------------------------------------------------------ retries
+    def _arm_retry(self, process_id: str, delay: float) -> None:
+        """Start (or, in a fleet, let a claim start) a retry once it is due."""
+        task = asyncio.get_running_loop().create_task(
+            self._retry_when_due(process_id, delay), name=f"taskwarden-retry:{process_id}"
+        )
+        self._retry_waits.add(task)
+        task.add_done_callback(self._retry_waits.discard)
+        task.add_done_callback(self._log_task_failure)
+
+    async def _retry_when_due(self, process_id: str, delay: float) -> None:
+        await self.clock.sleep(delay)
+        if self._stop.is_set():
+            return  # the record waits for whoever serves it next
+        if self.lease_seconds is not None:
+            # A worker's engine: its claims start what is due (another worker may be first).
+            for callback in self.on_slot_freed:
+                callback()
+            return
+        record = await _quiet_get(self.store, process_id)
+        definition = self._definitions.get(process_id)
+        if (
+            record is None
+            or definition is None
+            or record.state is not S.SCHEDULED
+            or record.lease_owner is not None
+            or record.next_attempt_at is None
+            or process_id in self._runs
+        ):
+            return  # cancelled, launched, dismissed or taken while it waited
+        run = self._start_run(record, definition)
+        run.take_lease = True  # its task has not begun: the start reads this
+
+    async def _rearm_retries(self) -> None:
+        """Arm the retries that wait in the store for the processes defined here (after a
+        restart, their timers are gone)."""
+        now = self.clock.wall()
+        for record in await self.store.list(state=S.SCHEDULED):
+            due = record.next_attempt_at
+            if due is None or record.lease_owner is not None:
+                continue
+            if record.process_id in self._definitions:
+                self._arm_retry(record.process_id, max(0.0, (due - now).total_seconds()))
+
+    async def _cancel_retry_waits(self) -> None:
+        waits = list(self._retry_waits)
+        for task in waits:
+            task.cancel()
+        if waits:
+            await asyncio.wait(waits)
+
     def _notify_progress(self, process_id: str) -> None:
         for callback in list(self.on_progress):
             try:
@@ -730,74 +741,3 @@ class RunMixin:
         exc = task.exception()
         if exc is not None:
             logger.error("engine task %s failed", task.get_name(), exc_info=exc)
-
-
-_NOT_STARTED = ProcessRecord(process_id="(not started)", name="(not started)")
-"""The record of a run until its own start returns one (only ``running_since`` is read)."""
-
-_INACTIVE: frozenset[ProcessState] = frozenset(set(ProcessState) - ACTIVE_STATES)
-
-
-def _seconds(start: datetime | None, end: datetime) -> float | None:
-    if start is None:
-        return None
-    return max(0.0, (end - start).total_seconds())
-
-
-async def _await(awaitable: Awaitable[Any]) -> None:
-    await awaitable
-
-
-async def _quiet_get(store: Store, process_id: str) -> ProcessRecord | None:
-    try:
-        return await store.get(process_id)
-    except Exception:
-        logger.exception("reading process %r failed", process_id)
-        return None
-
-
-def _run_record(
-    record: ProcessRecord,
-    *,
-    started_at: datetime,
-    ended_at: datetime,
-    status: OperationStatus,
-    error: str | None,
-    traceback: str | None = None,
-    operation_id: str | None = None,
-    cancel_reason: CancelationReason | None = None,
-    cancel_message: str | None = None,
-) -> RunRecord:
-    return RunRecord(
-        index=None,
-        operation_id=operation_id or f"{record.process_id}#{record.run_number}",
-        name=record.process_id,
-        kind="process",
-        status=status,
-        started_at=started_at,
-        ended_at=ended_at,
-        duration=_seconds(started_at, ended_at),
-        error=error,
-        traceback=traceback,
-        cancel_reason=cancel_reason,
-        cancel_message=cancel_message,
-        parent_id=record.parent_id,
-        metadata=dict(record.metadata),
-        process_id=record.process_id,
-        run_number=record.run_number,
-    )
-
-
-async def _shielded(coro: Awaitable[None]) -> None:
-    """Run the bookkeeping of a run's end to completion even if the caller is cancelled,
-    then let the cancellation go on."""
-    task = asyncio.ensure_future(coro)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait({task})
-        raise
-
-
-_ACK_FROM_REQUESTED = ((S.CANCEL_REQUESTED, S.CANCELLING),)
-_ACK_FROM_RUNNING = ((S.RUNNING, S.CANCEL_REQUESTED), *_ACK_FROM_REQUESTED)

@@ -135,6 +135,7 @@ TIME_FIELDS: frozenset[str] = frozenset(
         "lease_expires_at",
         "last_cron_tick",
         "updated_at",
+        "next_attempt_at",
     }
 )
 """Process fields holding datetimes."""
@@ -424,6 +425,8 @@ def record_decoder(
             on_worker_lost=row[32],
             lost_retries=row[33],
             lost_count=row[34],
+            attempt=row[35],
+            next_attempt_at=time(row[36]),
         )
 
     return record_from_row

@@ -321,7 +321,10 @@ class MemoryStore(Store):
                 record
                 for record in map(self._records.__getitem__, self._scheduled)
                 if (
-                    record.lease_owner is None
+                    (
+                        record.lease_owner is None
+                        and (record.next_attempt_at is None or record.next_attempt_at <= now)
+                    )
                     or (record.lease_expires_at is not None and record.lease_expires_at <= now)
                 )
                 and (served is None or record.process_id in served)

@@ -605,7 +605,8 @@ class PostgresStore(Store):
             # Unleased and expired-lease candidates come through their own indexes, so
             # rows other workers hold are never scanned.
             f"WITH free AS (SELECT process_id, updated_at FROM {self._t} "
-            f"WHERE state = 'scheduled' AND lease_owner IS NULL{served} "
+            "WHERE state = 'scheduled' AND lease_owner IS NULL "
+            f"AND (next_attempt_at IS NULL OR next_attempt_at <= $3){served} "
             "ORDER BY updated_at, process_id LIMIT $4 FOR UPDATE SKIP LOCKED), "
             f"expired AS (SELECT process_id, updated_at FROM {self._t} "
             "WHERE lease_owner IS NOT NULL AND lease_expires_at <= $3 AND state = 'scheduled'"

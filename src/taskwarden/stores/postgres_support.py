@@ -85,6 +85,9 @@ FIELD_TYPES = {
     "run_number": "int4",
     "lease_owner": "text",
     "lease_expires_at": "timestamptz",
+    "lost_count": "int4",
+    "attempt": "int4",
+    "next_attempt_at": "timestamptz",
 }
 """The SQL type of each runtime field, for the arrays of a batched transition."""
 

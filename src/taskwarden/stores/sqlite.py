@@ -133,7 +133,8 @@ class SQLiteStore(Store):
         self._claim_sql, self._claim_served_sql = (
             "SELECT process_id FROM ("
             f"SELECT * FROM (SELECT process_id, updated_at FROM {self._t} "
-            f"INDEXED BY {self._t}_claim WHERE state = 'scheduled' AND lease_owner IS NULL"
+            f"INDEXED BY {self._t}_claim WHERE state = 'scheduled' AND lease_owner IS NULL "
+            f"AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
             f"{served} ORDER BY updated_at, process_id LIMIT ?) "
             f"UNION ALL SELECT * FROM (SELECT process_id, updated_at FROM {self._t} "
             f"INDEXED BY {self._t}_lease WHERE lease_owner IS NOT NULL "
@@ -549,9 +550,9 @@ class SQLiteStore(Store):
         served: str | None,
     ) -> builtins.list[ProcessRecord]:
         if served is None:
-            cursor = conn.execute(self._claim_sql, (limit, now, limit, limit))
+            cursor = conn.execute(self._claim_sql, (now, limit, now, limit, limit))
         else:
-            args = (served, limit, now, served, limit, limit)
+            args = (now, served, limit, now, served, limit, limit)
             cursor = conn.execute(self._claim_served_sql, args)
         ids = [row[0] for row in cursor]
         if not ids:
