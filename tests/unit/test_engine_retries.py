@@ -207,3 +207,14 @@ async def test_retries_must_be_a_retry_policy() -> None:
     with pytest.raises(InvalidDefinition, match="retries takes a RetryPolicy"):
         async with started_engine(task("x", retries=3)):
             pass
+
+
+async def test_launch_and_wait_returns_after_the_last_attempt() -> None:
+    flaky = Flaky(failures=2)
+    policy = RetryPolicy(attempts=3, delay=0.01, jitter=0.0)
+    async with started_engine(task("flaky", flaky, retries=policy)) as e:
+        async with asyncio.timeout(10):
+            await e.launch_and_wait("flaky")
+        record = await e.get_process("flaky")
+        assert record is not None and record.state is S.DONE
+        assert flaky.attempts == [0, 1, 2]

@@ -182,6 +182,7 @@ class Engine(ClaimMixin, RecoveryMixin):
         self._runs: dict[str, _Run] = {}
         self._aux: set[asyncio.Task[Any]] = set()
         self._retry_waits: set[asyncio.Task[None]] = set()
+        self._start_waiters: dict[str, asyncio.Event] = {}
         self._max_concurrency = max_concurrency or None
         self._active_roots = 0
         self._pending: deque[_Run] = deque()
@@ -477,9 +478,12 @@ class Engine(ClaimMixin, RecoveryMixin):
         await self._launch(process_id)
 
     async def launch_and_wait(self, process_id: str) -> None:
-        """Launch and return once the run reached a terminal state."""
+        """Launch and return once the run reached a terminal state (for a task with
+        ``retries``, once its last attempt ended)."""
         run = await self._launch(process_id)
         await run.done.wait()
+        if run.final_state is S.SCHEDULED:
+            await self._wait_for_retries(process_id)
 
     async def wait(self, process_id: str) -> None:
         """Wait until this engine's current run of ``process_id`` has ended (including the

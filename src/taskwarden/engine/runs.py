@@ -28,6 +28,7 @@ from taskwarden.engine.retries import RetryPlan, plan_retry
 from taskwarden.engine.run_state import (
     _ACK_FROM_REQUESTED,
     _ACK_FROM_RUNNING,
+    _INACTIVE,
     _NOT_STARTED,
     _RESET_FIELDS,
     _RETRY_WAIT,
@@ -95,6 +96,7 @@ class RunMixin:
     _runs: dict[str, _Run]
     _aux: set[asyncio.Task[Any]]
     _retry_waits: set[asyncio.Task[None]]
+    _start_waiters: dict[str, asyncio.Event]
     _stop: asyncio.Event
     _max_concurrency: int | None
     _active_roots: int
@@ -130,6 +132,10 @@ class RunMixin:
             launch=launch,
         )
         self._runs[process_id] = run
+        if self._start_waiters:
+            started = self._start_waiters.pop(process_id, None)
+            if started is not None:
+                started.set()
         if parent is None and self._max_concurrency is not None:
             if self._active_roots >= self._max_concurrency:
                 # No task until a slot frees: a backlog costs a queue entry, not a task.
@@ -700,6 +706,31 @@ class RunMixin:
                 continue
             if record.process_id in self._definitions:
                 self._arm_retry(record.process_id, max(0.0, (due - now).total_seconds()))
+
+    async def _wait_for_retries(self, process_id: str) -> None:
+        """Wait until the process is no longer waiting for or running a retry. The next
+        attempt may start here or on another worker, so the store is the judge: it is read
+        when a local run ends and about every second otherwise."""
+        while True:
+            record = await self.store.get(process_id)
+            if record is None or record.state in _INACTIVE:
+                return
+            run = self._runs.get(process_id)
+            if run is not None:
+                await run.done.wait()
+                continue
+            started = self._start_waiters.setdefault(process_id, asyncio.Event())
+            waits = {
+                asyncio.ensure_future(started.wait()),
+                asyncio.ensure_future(self.clock.sleep(1.0)),
+            }
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+                if self._start_waiters.get(process_id) is started and started.is_set():
+                    del self._start_waiters[process_id]
 
     async def _cancel_retry_waits(self) -> None:
         waits = list(self._retry_waits)
