@@ -1,7 +1,7 @@
 """The ``taskwarden`` command line.
 
 Each command lives in its own module (``ps``, ``tree``, ``history``, ``logs``, ``control``
-for launch / cancel / dismiss, ``workers``, ``worker``, ``serve``), imported
+for launch / cancel / dismiss, ``workers``, ``worker``, ``serve``, ``top``), imported
 here for its parser only: rich, the store backends and their drivers are imported when a
 command runs, so ``--help`` starts fast.
 """
@@ -39,9 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         help="store URL for the process half (default: $TASKWARDEN_STORE or "
         "sqlite:///taskwarden.db)",
     )
-    from taskwarden.cli import control, history, logs, ps, serve, tree, worker, workers
+    from taskwarden.cli import control, history, logs, ps, serve, top, tree, worker, workers
 
-    for module in (ps, tree, history, logs, control, workers, worker, serve):
+    for module in (ps, tree, history, logs, control, workers, worker, serve, top):
         module.register(commands)
     return parser
 
