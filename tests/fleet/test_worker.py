@@ -11,6 +11,7 @@ import asyncio
 import collections
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from taskwarden.bus import open_bus
 from taskwarden.engine import ProcessContext, TaskInstance
 from taskwarden.errors import LeaseLost, NotCancellable, ProcessNotFound
 from taskwarden.model import OperationStatus
-from taskwarden.processes import ProcessRecord, ProcessState
+from taskwarden.processes import ProcessRecord, ProcessState, utcnow
 from taskwarden.registry import OperationRegistry
 from taskwarden.stores import open_store
 from taskwarden.worker import Worker, cancel, launch
@@ -167,7 +168,8 @@ async def test_a_cancel_from_a_client_reaches_the_run_over_the_bus_and_without_i
     bus = open_bus("memory://")
     async with bus:
         for via_bus, pid in ((True, "with-bus"), (False, "no-bus")):
-            options: dict[str, Any] = {"bus": bus} if via_bus else {}
+            # Without a bus and without NOTIFY (PostgreSQL's): the renewal is the only path.
+            options: dict[str, Any] = {"bus": bus} if via_bus else {"listen_notify": False}
             # Without a bus the renewal is the only path: make it rare enough to tell apart.
             renew = 0.05 if via_bus else 0.3
             w = worker(
@@ -304,8 +306,15 @@ async def test_a_worker_that_lost_its_lease_stops_its_copy_and_writes_nothing(
         # What a reaper and a second worker do while this one is frozen: the attempt is
         # failed, relaunched and claimed by someone else.
         await client.transition("job", {S.RUNNING}, S.FAILED, expected_owner=held.lease_owner)
-        await client.transition("job", {S.FAILED}, S.SCHEDULED)
-        [taken] = await client.claim("someone-else", 60, 1)
+        # Relaunched already held by the other worker, as its claim leaves it: a relaunch
+        # left unleased would wake this worker (NOTIFY on PostgreSQL), which could claim it.
+        taken = await client.transition(
+            "job",
+            {S.FAILED},
+            S.SCHEDULED,
+            lease_owner="someone-else",
+            lease_expires_at=utcnow() + timedelta(seconds=60),
+        )
         await client.transition("job", {S.SCHEDULED}, S.RUNNING, expected_owner="someone-else")
         async with asyncio.timeout(5):
             await stopped.wait()
@@ -421,3 +430,30 @@ async def test_a_failed_attempt_is_retried_when_due_by_whichever_worker_serves_i
 async def _has_attempt(store: Store, process_id: str, attempt: int) -> bool:
     record = await store.get(process_id)
     return record is not None and record.attempt == attempt
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_without_a_bus_launches_and_cancels_arrive_by_notify(
+    postgres_database: str,  # noqa: F811 - the fixture, imported by name
+) -> None:
+    """The store's trigger notifies whoever wrote the launch or the cancel; the worker
+    LISTENs. Its claim poll (60 s) and renewal (20 s) are far too slow to explain a start
+    and a cancel within the test's few seconds."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    stopped: list[str] = []
+
+    async def long(ctx: ProcessContext) -> None:
+        try:
+            await ctx.wait_cancelled()
+        finally:
+            stopped.append(ctx.process_id)
+
+    slow = {"poll_interval": 60.0, "renew_interval": 20.0, "lease_seconds": 60.0}
+    w = worker((postgres_database, prefix), task("long", long), **slow)
+    async with open_store(postgres_database, prefix=prefix) as client, w:
+        assert w._notify is not None and w._notify.listening
+        await launch(client, "long")  # no bus: only the trigger's NOTIFY tells the worker
+        await eventually(lambda: _is(client, "long", S.RUNNING), timeout=5)
+        await cancel(client, "long", reason="operator asked")
+        await eventually(lambda: _is(client, "long", S.CANCELLED), timeout=5)
+        assert stopped == ["long"]

@@ -77,6 +77,7 @@ __all__ = [
     "retry_transient_sync",
     "run_decoder",
     "run_values",
+    "split_statements",
     "state_filter",
     "store_not_open",
     "table_names",
@@ -153,8 +154,8 @@ def load_migrations(dialect: str, prefix: str) -> list[tuple[int, list[str]]]:
     """The migrations shipped for ``dialect`` (``sqlite`` or ``postgres``), in order.
 
     Each is ``(version, statements)``, read from ``stores/sql/<dialect>_<NNNN>_*.sql`` with
-    the table names of ``prefix`` filled in, split at semicolons (the files use none inside
-    a statement).
+    the table names of ``prefix`` filled in, split into statements by
+    :func:`split_statements`.
     """
     processes, runs, _ = table_names(prefix)
     folder = resources.files("taskwarden.stores").joinpath("sql")
@@ -168,10 +169,26 @@ def load_migrations(dialect: str, prefix: str) -> list[tuple[int, list[str]]]:
         body = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
         body = body.replace("{processes}", processes).replace("{runs}", runs)
         body = body.replace("{workers}", f"{prefix}_workers")
-        statements = [part.strip() for part in body.split(";") if part.strip()]
-        found.append((version, statements))
+        found.append((version, split_statements(body)))
     found.sort()
     return found
+
+
+def split_statements(body: str) -> list[str]:
+    """Split SQL at the semicolons that end statements: those inside a ``$$``-quoted
+    function body belong to it."""
+    statements: list[str] = []
+    current: list[str] = []
+    for part in body.split(";"):
+        current.append(part)
+        text = ";".join(current)
+        if text.count("$$") % 2 == 0:
+            if text.strip():
+                statements.append(text.strip())
+            current = []
+    if current and ";".join(current).strip():
+        statements.append(";".join(current).strip())
+    return statements
 
 
 def process_values(

@@ -40,6 +40,7 @@ from taskwarden.errors import ConfigurationError, InvalidTransition, ProcessNotF
 from taskwarden.model import OperationStatus, RunRecord, WorkerRecord
 from taskwarden.processes import ProcessRecord, ProcessState
 from taskwarden.worker.client import wake_topic
+from taskwarden.worker.notify import NotifyListener
 
 __all__ = ["Worker"]
 
@@ -69,7 +70,8 @@ class Worker:
         get_task_definitions: the application's definitions (the engine's signature).
         services: passed to every task as ``ctx.services``.
         bus: a bus (or its URL) for wake-ups, cancels, change events and heartbeats;
-            without one, workers poll the store.
+            without one, workers on PostgreSQL wake on the store's NOTIFY and workers on
+            SQLite poll the store.
         name: a readable name for the worker record (default: ``<host>:<pid>``); the
             incarnation id is new at every start whatever the name.
         concurrency: root runs at once on this worker (children run with their parent).
@@ -79,6 +81,9 @@ class Worker:
         poll_interval: seconds between claims when no wake-up arrives (default 1 s with a
             bus or on PostgreSQL, 0.05 s on SQLite without a bus).
         drain_timeout: seconds a SIGTERM lets running runs finish before cancelling them.
+        listen_notify: on PostgreSQL without a bus, LISTEN for the store's NOTIFY of
+            launches and cancel requests (default True; False leaves only the claim poll
+            and the lease renewal to find them).
         engine_options: passed to :class:`~taskwarden.engine.Engine` (``cancel_grace``,
             ``progress_flush_interval``, ``registry``...).
     """
@@ -97,6 +102,7 @@ class Worker:
         reaper_interval: float = 15.0,
         poll_interval: float | None = None,
         drain_timeout: float = 25.0,
+        listen_notify: bool = True,
         prefix: str = "taskwarden",
         clock: Clock | None = None,
         **engine_options: Any,
@@ -144,6 +150,7 @@ class Worker:
             poll_interval = 0.05 if polls_fast else 1.0
         self.poll_interval = poll_interval
         self.drain_timeout = drain_timeout
+        self.listen_notify = listen_notify
         self.engine = Engine(
             self.store,
             prefix=prefix,
@@ -167,6 +174,8 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._remote: Any = None
         self._wake_watch: BusSubscription | None = None
+        self._notify: NotifyListener | None = None
+        self._cancels: set[asyncio.Task[Any]] = set()
         self._last_renewal = time.monotonic()
         self._stop_requested = asyncio.Event()
         self.ready = asyncio.Event()
@@ -198,6 +207,8 @@ class Worker:
             self._wake_watch = self.bus.subscribe(wake_topic(self.prefix), max_buffer=100)
             await self._wake_watch.start()
             self._tasks.append(loop.create_task(self._watch_wakes(self._wake_watch)))
+        else:
+            await self._listen_for_notify()
         self._tasks += [
             loop.create_task(self.engine.run(handle_signals=False), name="taskwarden-cron"),
             loop.create_task(self._claim_loop(), name="taskwarden-claim"),
@@ -310,6 +321,9 @@ class Worker:
         if self._wake_watch is not None:
             await self._wake_watch.close()
             self._wake_watch = None
+        if self._notify is not None:
+            await self._notify.close()
+            self._notify = None
 
     async def _close(self) -> None:
         if self._store_url is not None:
@@ -325,6 +339,31 @@ class Worker:
         await self.stop()
 
     # ------------------------------------------------------------------ claiming
+    async def _listen_for_notify(self) -> None:
+        """Without a bus, on PostgreSQL: wake on the store's NOTIFY (see worker/notify)."""
+        dsn = getattr(self.store, "dsn", None)
+        if not self.listen_notify or type(self.store).__name__ != "PostgresStore":
+            return
+        if not isinstance(dsn, str):
+            return
+        self._notify = NotifyListener(
+            dsn,
+            self.prefix,
+            on_wake=self._wake.set,
+            on_cancel=self._cancel_notified,
+            name=f"taskwarden-worker-{self.name}",
+        )
+        await self._notify.start()
+
+    def _cancel_notified(self, process_id: str) -> None:
+        if process_id not in self.engine.held_runs:
+            return  # another worker runs it
+        task = asyncio.get_running_loop().create_task(
+            self.engine.cancel_local(process_id, "cancelled on request")
+        )
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
     async def _watch_wakes(self, subscription: BusSubscription) -> None:
         async for _ in subscription:
             self._wake.set()
