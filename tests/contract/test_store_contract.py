@@ -37,6 +37,7 @@ from taskwarden.errors import (
 from taskwarden.model import OperationStatus, RunRecord, WorkerRecord
 from taskwarden.processes import (
     END_STATES,
+    RUNTIME_FIELDS,
     TRANSITIONS,
     LogEntry,
     LogLevel,
@@ -897,6 +898,40 @@ async def test_claim_leaves_a_retry_until_it_is_due(store: Store, clock: FakeClo
     assert due.process_id == "flaky" and due.lease_owner == "w" and due.attempt == 1
     got = await store.get("flaky")
     assert got is not None and got.next_attempt_at == T0 + timedelta(seconds=2)
+
+
+_RUNTIME_SAMPLES: dict[str, Any] = {
+    "error": "boom",
+    "running_since": T0,
+    "done_at": T0,
+    "duration": 1.5,
+    "failed_at": T0,
+    "stopped_at": T0,
+    "progress_percent": 40.0,
+    "progress_message": "half",
+    "log": (),
+    "run_number": 7,
+    "lease_owner": "w",
+    "lease_expires_at": T0,
+    "lost_count": 1,
+    "attempt": 2,
+    "next_attempt_at": T0,
+}
+
+
+async def test_transitions_made_together_may_set_every_runtime_field(store: Store) -> None:
+    """Calls of one shape made in the same loop turn share a statement (PostgreSQL
+    batches them): each runtime field must survive that path too."""
+    assert set(_RUNTIME_SAMPLES) == set(RUNTIME_FIELDS)
+    for pid in ("a", "b"):
+        await put(store, S.RUNNING, process_id=pid)
+    done = await asyncio.gather(
+        *(store.transition(pid, [S.RUNNING], S.FAILED, **_RUNTIME_SAMPLES) for pid in "ab")
+    )
+    for record in done:
+        assert record.state is S.FAILED
+        for name, value in _RUNTIME_SAMPLES.items():
+            assert getattr(record, name) == value, name
 
 
 async def test_concurrent_claimers_never_share_a_process(backend: Backend) -> None:
