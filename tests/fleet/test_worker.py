@@ -457,3 +457,48 @@ async def test_on_postgresql_without_a_bus_launches_and_cancels_arrive_by_notify
         await cancel(client, "long", reason="operator asked")
         await eventually(lambda: _is(client, "long", S.CANCELLED), timeout=5)
         assert stopped == ["long"]
+
+
+async def test_a_drain_hands_what_still_runs_back_to_the_fleet(
+    store_url: tuple[str, str], client: Store
+) -> None:
+    """Past the drain deadline the running run is stopped and its process goes back to
+    ``scheduled`` without an owner (its attempt in the history as cancelled, counted as
+    neither an error retry nor a lost worker); one of its launches still waiting for a
+    slot is released. Another worker then runs both."""
+    from taskwarden.model import CancelationReason
+
+    async def stubborn(ctx: ProcessContext) -> None:
+        ctx.report_progress(30, "a third")
+        await ctx.wait_cancelled()
+
+    async def quick(ctx: ProcessContext) -> None:
+        ctx.report_progress(100, "done elsewhere")
+
+    first = worker(
+        store_url,
+        task("long", stubborn),
+        task("queued", stubborn),
+        concurrency=1,
+        drain_timeout=0.2,
+        poll_interval=0.02,
+    )
+    async with first:
+        await launch(client, "long")
+        await eventually(lambda: _is(client, "long", S.RUNNING))
+        await first.engine.launch("queued")  # a launch of its own, beyond its one slot
+        assert (await state_of(client, "queued")).lease_owner == first.incarnation
+    for pid in ("long", "queued"):
+        record = await state_of(client, pid)
+        assert record.state is S.SCHEDULED and record.lease_owner is None, pid
+        assert record.attempt == 0 and record.lost_count == 0
+    long_record = await state_of(client, "long")
+    assert long_record.progress_percent is None and long_record.running_since is None
+    [handed] = await client.query_history(process_id="long")
+    assert handed.status is OperationStatus.CANCELLED
+    assert handed.cancel_reason is CancelationReason.SIGNAL
+    assert await client.query_history(process_id="queued") == []
+    second = worker(store_url, task("long", quick), task("queued", quick), poll_interval=0.02)
+    async with second:
+        await eventually(lambda: _is(client, "long", S.DONE))
+        await eventually(lambda: _is(client, "queued", S.DONE))

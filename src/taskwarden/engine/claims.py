@@ -61,6 +61,31 @@ class ClaimMixin(RunMixin):
         run = self._runs.get(process_id)
         return run is not None and not run.finishing and not run.end_submitted
 
+    async def hand_back(self, message: str) -> list[str]:
+        """Give this engine's root runs back to the fleet; return their process ids.
+
+        A running one is stopped (the cancel ladder, reason ``signal``) and its end puts
+        the process back in ``scheduled`` for another worker instead of recording it
+        cancelled; a claimed one still waiting for a slot is released at once. A drain
+        calls this at its deadline.
+        """
+        handed: list[str] = []
+        queued: list[str] = []
+        for run in list(self._runs.values()):
+            if run.parent is not None or run.finishing or run.end_submitted:
+                continue
+            if run.waiting_for_slot:
+                self._drop_waiting(run)
+                queued.append(run.process_id)
+                continue
+            run.hand_back = True
+            handed.append(run.process_id)
+            if run.scope is not None:
+                run.scope.cancel_sync(CancelationReason.SIGNAL, message)
+        if queued:
+            await self.store.release(self.engine_id, queued)
+        return handed + queued
+
     def lose_run(self, process_id: str, message: str) -> bool:
         """Stop a run whose lease was lost, writing nothing: the record may belong to a
         newer attempt on another worker. Its children stop with it. False when this engine

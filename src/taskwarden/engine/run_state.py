@@ -85,6 +85,8 @@ class _Run:
     end_record: ProcessRecord | None = None
     lease_lost: bool = False
     """Its lease was reaped (the worker looked dead): nothing it does is written."""
+    hand_back: bool = False
+    """Stopped by its worker's drain: its end gives the process back to the fleet."""
     take_lease: bool = False
     """Its start takes the lease too (a retry that this engine starts when it is due)."""
 

@@ -291,6 +291,8 @@ class RunMixin:
         try:
             async with scope:
                 run.scope = scope
+                if run.hand_back:
+                    scope.cancel_sync(CancelationReason.SIGNAL, "handed back")
                 if run.cancel_requested:
                     scope.cancel_sync(CancelationReason.MANUAL, run.cancel_message)
                 await run.definition.execute(ctx)
@@ -418,8 +420,9 @@ class RunMixin:
         run.error = record.error
         if run.listener is not None:
             run.listener(str(record.state), run.progress.percent if run.progress else None, None)
-        if record.state is S.SCHEDULED and retry is not None:
-            self._arm_retry(process_id, retry.delay)
+        if record.state is S.SCHEDULED:  # waiting for a retry, or handed back to the fleet
+            if retry is not None:
+                self._arm_retry(process_id, retry.delay)
             return
         await self._after_terminal(record, run)
 
@@ -436,6 +439,10 @@ class RunMixin:
         retry: RetryPlan | None = None,
     ) -> ProcessRecord | None:
         process_id = run.process_id
+        if run.hand_back and target is S.CANCELLED and not run.cancel_requested:
+            handed = await self._hand_back(run, history, final_progress)
+            if handed is not None:
+                return handed
         for _ in range(3):
             if cancelled:
                 await self._ack_cancel(process_id)
@@ -493,6 +500,34 @@ class RunMixin:
             self._notify(record)
             return record
         return None
+
+    async def _hand_back(
+        self,
+        run: _Run,
+        history: Callable[[ProcessState], RunRecord],
+        final_progress: dict[str, Any],
+    ) -> ProcessRecord | None:
+        """Give a run its worker's drain stopped back to the fleet: ``running ->
+        scheduled``, unleased, its attempt in the history as cancelled. Counted neither as
+        an error retry nor as a lost worker; a ``"resume"`` task keeps its progress and
+        log. None when the record moved meanwhile (a cancel request): it ends as usual."""
+        fields: dict[str, Any] = {**final_progress, **_RETRY_WAIT}
+        if run.record.on_worker_lost != "resume":
+            fields["log"] = ()
+        try:
+            record = await self.store.transition(
+                run.process_id,
+                {S.RUNNING},
+                S.SCHEDULED,
+                expected_owner=self.engine_id,
+                run=history(S.CANCELLED),
+                **fields,
+            )
+        except (InvalidTransition, ProcessNotFound):
+            return None
+        await self.store.delete_descendants(run.process_id)
+        self._notify(record)
+        return record
 
     async def _ack_cancel(self, process_id: str, *, requested: bool = False) -> None:
         """Move a run being cancelled to ``cancelling`` (via ``cancel_requested`` unless the

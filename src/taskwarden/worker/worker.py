@@ -270,8 +270,9 @@ class Worker:
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Drain: stop claiming, let runs finish within ``drain_timeout`` (default: the
-        worker's), cancel what is left with the reason ``shutdown``, remove the worker
-        record, and close what the worker opened. Safe to call twice."""
+        worker's), hand what is left back to the fleet (stopped, and ``scheduled`` again
+        without an owner for another worker), remove the worker record, and close what
+        the worker opened. Safe to call twice."""
         if self._stopped:
             return
         self._stopped = True
@@ -285,6 +286,7 @@ class Worker:
             await asyncio.wait(waits, timeout=deadline)
             for waiter in waits:
                 waiter.cancel()
+            await self._hand_back()
         await self._stop_tasks()
         await self.engine.shutdown()
         try:
@@ -292,6 +294,23 @@ class Worker:
         except Exception as exc:  # the record goes stale instead: say why, keep stopping
             logger.warning("removing the worker record failed: %s", exc)
         await self._close()
+
+    async def _hand_back(self) -> None:
+        """At the drain deadline: stop what still runs and give it back to the fleet (the
+        engine's shutdown then ends only what ignored even that)."""
+        handed = await self.engine.hand_back(
+            "handed back: the worker is shutting down (drain deadline passed)"
+        )
+        if not handed:
+            return
+        logger.info("handing %d runs back to the fleet", len(handed))
+        waits = [asyncio.ensure_future(self.engine.wait(pid)) for pid in handed]
+        await asyncio.wait(waits, timeout=self.engine.cancel_grace + 1.0)
+        for waiter in waits:
+            waiter.cancel()
+        if self.bus is not None:
+            with contextlib.suppress(Exception):
+                await self.bus.publish(wake_topic(self.prefix), {"process_id": handed[0]})
 
     async def _abort(self) -> None:
         """Exit at once: no drain, the leases stay for the reaper of another worker."""
