@@ -9,11 +9,34 @@ from typing import Any
 
 from taskwarden.abc import Store
 from taskwarden.engine import Engine, ProcessContext, TaskInstance
-from taskwarden.processes import ProcessRecord, ProcessState
+from taskwarden.processes import LogEntry, ProcessRecord, ProcessState
 from taskwarden.registry import OperationRegistry
 from taskwarden.stores.memory import MemoryStore
 
 Execute = Callable[[ProcessContext], Awaitable[None]]
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts progress writes per process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progress_writes: dict[str, int] = {}
+
+    async def update_progress(
+        self,
+        process_id: str,
+        percent: float | None,
+        message: str | None,
+        log_entries: Sequence[LogEntry] = (),
+        max_log: int = 1000,
+        *,
+        expected_owner: str | None = None,
+    ) -> None:
+        self.progress_writes[process_id] = self.progress_writes.get(process_id, 0) + 1
+        await super().update_progress(
+            process_id, percent, message, log_entries, max_log, expected_owner=expected_owner
+        )
 
 
 async def noop(ctx: ProcessContext) -> None:

@@ -412,13 +412,19 @@ class Store(ABC):
         message: str | None,
         log_entries: Sequence[LogEntry] = (),
         max_log: int = 1000,
+        *,
+        expected_owner: str | None = None,
     ) -> None:
         """Set ``progress_percent`` and ``progress_message`` and append ``log_entries`` to
         the log, keeping only its newest ``max_log`` entries: one atomic write, whatever
-        the state. Entries keep the order given, after the ones stored.
+        the state. Entries keep the order given, after the ones stored. With
+        ``expected_owner`` the write is fenced: it happens only while that owner holds the
+        process's lease.
 
         Raises:
             ProcessNotFound: no record has this id.
+            LeaseLost: ``expected_owner`` was given and does not hold the lease; nothing
+                was written.
         """
 
     # -- leases (distributed workers) -------------------------------------------------

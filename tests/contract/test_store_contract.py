@@ -29,6 +29,7 @@ from taskwarden.errors import (
     ConfigurationError,
     InvalidDefinition,
     InvalidTransition,
+    LeaseLost,
     MissingExtra,
     ProcessNotFound,
     SchemaError,
@@ -838,6 +839,22 @@ async def test_update_progress_keeps_only_the_newest_max_log(store: Store) -> No
     await store.update_progress("p", 3.0, None, _entries(9, start=8), max_log=3)
     got = await store.get("p")
     assert got is not None and [e.message for e in got.log] == ["m14", "m15", "m16"]
+
+
+async def test_a_fenced_progress_write_needs_the_lease(store: Store) -> None:
+    """With ``expected_owner`` progress and log are written only by the lease's holder;
+    anyone else gets LeaseLost and the record is untouched."""
+    await put(store, S.RUNNING, process_id="p", lease_owner="w1")
+    entry = LogEntry(timestamp=T0, level=LogLevel.INFO, message="from w1")
+    await store.update_progress("p", 10.0, "w1 at 10", [entry], expected_owner="w1")
+    for entries in ([], [LogEntry(timestamp=T0, level=LogLevel.INFO, message="stale")]):
+        with pytest.raises(LeaseLost):
+            await store.update_progress("p", 99.0, "stale", entries, expected_owner="w0")
+    got = await store.get("p")
+    assert got is not None and (got.progress_percent, got.progress_message) == (10.0, "w1 at 10")
+    assert [e.message for e in got.log] == ["from w1"]
+    with pytest.raises(ProcessNotFound):
+        await store.update_progress("ghost", 1.0, None, expected_owner="w1")
 
 
 async def test_update_progress_of_a_missing_record_raises(store: Store) -> None:

@@ -212,8 +212,9 @@ async def test_a_frozen_worker_loses_its_run_and_writes_nothing_when_it_wakes(
 
 
 async def test_sigterm_drains_a_worker_and_its_record_goes(fleet: Fleet, client: Store) -> None:
-    """SIGTERM: the worker stops claiming, cancels what does not finish within its drain
-    deadline, leaves every record terminal, removes its worker record and exits 0."""
+    """SIGTERM: the worker stops claiming, hands back what does not finish within its
+    drain deadline (scheduled again, no owner, the attempt cancelled in the history),
+    removes its worker record and exits 0."""
     [worker] = fleet.spawn(1)
     await launch(client, "fail-0")
     await wait_state(client, "fail-0", S.RUNNING)
@@ -223,7 +224,9 @@ async def test_sigterm_drains_a_worker_and_its_record_goes(fleet: Fleet, client:
     assert worker.proc.wait(timeout=15) == 0, worker.stderr()
     assert time.monotonic() - started < 2.0 + 0.5 + 3.0  # drain + grace + start-up slack
     record = await client.get("fail-0")
-    assert record is not None and record.state is S.CANCELLED
+    assert record is not None and record.state is S.SCHEDULED and record.lease_owner is None
+    [handed] = await client.query_history(process_id="fail-0")
+    assert handed.status is OperationStatus.CANCELLED
     assert await client.list_workers() == []
     await launch(client, "fail-1")
     again = await client.get("fail-1")

@@ -359,11 +359,11 @@ async def test_the_worker_record_says_who_runs_what(
     assert await client.list_workers() == []
 
 
-async def test_drain_lets_runs_finish_then_cancels_what_is_left(
+async def test_drain_lets_runs_finish_then_hands_back_what_is_left(
     store_url: tuple[str, str], client: Store
 ) -> None:
     """stop() stops claiming, waits for running runs up to the drain deadline, then
-    cancels the rest: every record ends in a true terminal state."""
+    stops the rest and hands them back: done or queued again, every record true."""
     gate = asyncio.Event()
 
     async def quick(ctx: ProcessContext) -> None:
@@ -382,7 +382,8 @@ async def test_drain_lets_runs_finish_then_cancels_what_is_left(
     finally:
         await w.stop()
     assert (await state_of(client, "quick")).state is S.DONE
-    assert (await state_of(client, "slow")).state in (S.CANCELLED, S.FAILED)
+    slow = await state_of(client, "slow")
+    assert slow.state is S.SCHEDULED and slow.lease_owner is None
     await launch(client, "quick")
     assert (await state_of(client, "quick")).state is S.SCHEDULED  # nobody claims it now
 
@@ -502,3 +503,43 @@ async def test_a_drain_hands_what_still_runs_back_to_the_fleet(
     async with second:
         await eventually(lambda: _is(client, "long", S.DONE))
         await eventually(lambda: _is(client, "queued", S.DONE))
+
+
+async def test_a_refused_progress_write_stops_the_run_before_any_renewal(
+    store_url: tuple[str, str], client: Store
+) -> None:
+    """Progress writes are fenced by the lease: once another worker holds the process, the
+    stalled worker's next flush is refused, and it stops its copy with ``lease-lost`` at
+    once (its renewal, 20 s away, plays no part); the new attempt's progress stands."""
+    stopped: list[str] = []
+
+    async def reporter(ctx: ProcessContext) -> None:
+        try:
+            step = 0
+            while True:
+                step += 1
+                ctx.report_progress(step % 100, f"step {step}")
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            stopped.append(ctx.scope.context.cancel_message or "")
+            raise
+
+    slow = {"renew_interval": 20.0, "lease_seconds": 60.0}
+    async with worker(store_url, task("job", reporter), poll_interval=0.02, **slow) as w:
+        await launch(client, "job")
+        await eventually(lambda: _is(client, "job", S.RUNNING))
+        held = await state_of(client, "job")
+        await client.transition("job", {S.RUNNING}, S.FAILED, expected_owner=held.lease_owner)
+        await client.transition(
+            "job",
+            {S.FAILED},
+            S.SCHEDULED,
+            lease_owner="someone-else",
+            lease_expires_at=utcnow() + timedelta(seconds=60),
+        )
+        await client.transition("job", {S.SCHEDULED}, S.RUNNING, expected_owner="someone-else")
+        await client.update_progress("job", 5.0, "the new attempt", expected_owner="someone-else")
+        await eventually(lambda: _no_runs(w), timeout=5)
+    assert len(stopped) == 1 and "lease-lost" in stopped[0]
+    record = await state_of(client, "job")
+    assert record.lease_owner == "someone-else" and record.progress_message == "the new attempt"

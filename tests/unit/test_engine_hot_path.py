@@ -4,36 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Sequence
 
 import pytest
 
 from taskwarden.engine import ProcessContext
 from taskwarden.errors import InvalidTransition
-from taskwarden.processes import LogEntry, ProcessState
+from taskwarden.processes import ProcessState
 from taskwarden.stores.memory import MemoryStore
-from tests.engine_support import StateLog, started_engine, task
+from tests.engine_support import CountingStore, StateLog, started_engine, task
 
 S = ProcessState
-
-
-class CountingStore(MemoryStore):
-    """A memory store that counts progress writes per process."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.progress_writes: dict[str, int] = {}
-
-    async def update_progress(
-        self,
-        process_id: str,
-        percent: float | None,
-        message: str | None,
-        log_entries: Sequence[LogEntry] = (),
-        max_log: int = 1000,
-    ) -> None:
-        self.progress_writes[process_id] = self.progress_writes.get(process_id, 0) + 1
-        await super().update_progress(process_id, percent, message, log_entries, max_log)
 
 
 def _process_tasks() -> list[asyncio.Task[object]]:

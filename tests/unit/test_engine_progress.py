@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import pytest
 
@@ -11,28 +10,8 @@ from taskwarden.clock import FakeClock
 from taskwarden.engine import ProcessContext
 from taskwarden.engine.progress import ProgressBuffer, flush_interval_from_env
 from taskwarden.errors import ConfigurationError
-from taskwarden.processes import LogEntry, LogLevel, ProcessRecord, ProcessState
-from taskwarden.stores.memory import MemoryStore
-from tests.engine_support import StateLog, started_engine, task
-
-
-class CountingStore(MemoryStore):
-    """A memory store that counts progress writes per process."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.progress_writes: dict[str, int] = {}
-
-    async def update_progress(
-        self,
-        process_id: str,
-        percent: float | None,
-        message: str | None,
-        log_entries: Sequence[LogEntry] = (),
-        max_log: int = 1000,
-    ) -> None:
-        self.progress_writes[process_id] = self.progress_writes.get(process_id, 0) + 1
-        await super().update_progress(process_id, percent, message, log_entries, max_log)
+from taskwarden.processes import LogLevel, ProcessRecord, ProcessState
+from tests.engine_support import CountingStore, StateLog, started_engine, task
 
 
 async def _store_with(process_id: str) -> CountingStore:

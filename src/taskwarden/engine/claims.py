@@ -93,14 +93,5 @@ class ClaimMixin(RunMixin):
         run = self._runs.get(process_id)
         if run is None or run.lease_lost:
             return False
-        logger.warning("process %r lost its lease: %s", process_id, message)
-        stack = [run]
-        while stack:
-            current = stack.pop()
-            current.lease_lost = True
-            current.cancel_requested = True
-            current.cancel_message = message
-            if current.scope is not None:
-                current.scope.cancel_sync(CancelationReason.MANUAL, message)
-            stack.extend(r for r in self._runs.values() if r.parent is current)
+        self._lose(run, message)
         return True

@@ -32,6 +32,7 @@ from taskwarden.engine.definitions import (
     new_record,
     validate_definition,
 )
+from taskwarden.engine.engine_base import ChangeCallback
 from taskwarden.engine.progress import (
     DEFAULT_MAX_LOG,
     DEFAULT_MAX_MESSAGES,
@@ -39,7 +40,6 @@ from taskwarden.engine.progress import (
 )
 from taskwarden.engine.recovery import HOST, RecoveryMixin
 from taskwarden.engine.run_state import _INACTIVE, _RESET_FIELDS, _quiet_get, _Run, _shielded
-from taskwarden.engine.runs import ChangeCallback
 from taskwarden.errors import (
     ConfigurationError,
     InvalidDefinition,

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from taskwarden.clock import Clock
-from taskwarden.errors import ConfigurationError
+from taskwarden.errors import ConfigurationError, LeaseLost
 from taskwarden.processes import LogEntry, LogLevel
 
 if TYPE_CHECKING:
@@ -88,12 +88,15 @@ class ProgressBuffer:
         "_max_messages",
         "_message",
         "_on_flush",
+        "_on_lease_lost",
         "_operation",
+        "_owner",
         "_percent",
         "_sleeping",
         "_store",
         "_task",
         "_wake",
+        "lease_lost",
         "process_id",
         "writes",
     )
@@ -111,9 +114,15 @@ class ProgressBuffer:
         message: str | None = None,
         operation: OperationContext | None = None,
         on_flush: Callable[[str], None] | None = None,
+        owner: str | None = None,
+        on_lease_lost: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
         self._on_flush = on_flush
+        self._owner = owner
+        self._on_lease_lost = on_lease_lost
+        self.lease_lost = False
+        """True once a fenced write was refused: nothing more is written."""
         self.process_id = process_id
         self._clock = clock
         self._interval = interval
@@ -242,10 +251,18 @@ class ProgressBuffer:
         self._dropped = 0
         self._kept = 0
         self._dirty = False
+        if self.lease_lost:
+            return  # the record belongs to a newer attempt now
         try:
+            fence = {} if self._owner is None else {"expected_owner": self._owner}
             await self._store.update_progress(
-                self.process_id, self._percent, self._message, entries, self._max_log
+                self.process_id, self._percent, self._message, entries, self._max_log, **fence
             )
+        except LeaseLost as exc:
+            self.lease_lost = True  # what was pending is dropped, never retried
+            if self._on_lease_lost is not None:
+                self._on_lease_lost(f"lease-lost: a progress write was refused ({exc})")
+            return
         except BaseException:
             # Keep what was not written, so the next flush (or the final one) writes it.
             self._entries = entries + self._entries

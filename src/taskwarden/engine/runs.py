@@ -11,18 +11,15 @@ import asyncio
 import contextvars
 import dataclasses
 import functools
-import inspect
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from taskwarden.abc import Store
-from taskwarden.clock import Clock
 from taskwarden.engine.children import ChildResult, ProgressFanIn
 from taskwarden.engine.context import ProcessContext
 from taskwarden.engine.definitions import TaskInstance, new_record, validate_definition
+from taskwarden.engine.engine_base import EngineBase
 from taskwarden.engine.progress import ProgressBuffer
 from taskwarden.engine.retries import RetryPlan, plan_retry
 from taskwarden.engine.run_state import (
@@ -33,7 +30,6 @@ from taskwarden.engine.run_state import (
     _RESET_FIELDS,
     _RETRY_WAIT,
     _STATUS,
-    _await,
     _error_text,
     _quiet_get,
     _Run,
@@ -57,50 +53,20 @@ from taskwarden.processes import (
     ProcessRecord,
     ProcessState,
 )
-from taskwarden.registry import OperationRegistry
 from taskwarden.scope import Cancelable
 
 if TYPE_CHECKING:
-    from taskwarden.engine.cron import CronSchedule
+    pass
 
-__all__ = ["ChangeCallback", "RunMixin"]
+__all__ = ["RunMixin"]
 
 logger = logging.getLogger("taskwarden.engine")
 
 S = ProcessState
 
-ChangeCallback = Callable[[ProcessRecord], Any]
-"""Called with the new record after each committed state change (may return an awaitable)."""
 
-
-class RunMixin:
+class RunMixin(EngineBase):
     """Executes runs for the engine (see the module docstring)."""
-
-    store: Store
-    clock: Clock
-    registry: OperationRegistry
-    engine_id: str
-    lease_seconds: float | None
-    _in_order_store: bool
-    services: dict[str, Any]
-    cancel_grace: float
-    abandon_after: float
-    progress_flush_interval: float
-    max_log: int
-    max_messages_per_flush: int
-    on_change: list[ChangeCallback]
-    on_progress: list[Callable[[str], Any]]
-    on_slot_freed: list[Callable[[], None]]
-    _definitions: dict[str, TaskInstance]
-    _schedules: dict[str, CronSchedule]
-    _runs: dict[str, _Run]
-    _aux: set[asyncio.Task[Any]]
-    _retry_waits: set[asyncio.Task[None]]
-    _start_waiters: dict[str, asyncio.Event]
-    _stop: asyncio.Event
-    _max_concurrency: int | None
-    _active_roots: int
-    _pending: deque[_Run]
 
     def _hold(self) -> dict[str, Any]:
         """The lease fields a launch by this engine writes: the owner, and in a fleet
@@ -284,6 +250,9 @@ class RunMixin:
             max_messages=self.max_messages_per_flush,
             operation=scope.context,
             on_flush=self._notify_progress,
+            # In a fleet every progress and log write is fenced by the lease, like the end.
+            owner=self.engine_id if self.lease_seconds is not None else None,
+            on_lease_lost=functools.partial(self._lose, run),
         )
         run.progress = progress
         ctx = ProcessContext(self, run, scope, progress, run.listener)
@@ -549,35 +518,6 @@ class RunMixin:
                 self._definitions.pop(record.process_id, None)
                 self._schedules.pop(record.process_id, None)
 
-    async def _record_history(
-        self,
-        record: ProcessRecord,
-        *,
-        started_at: datetime,
-        ended_at: datetime,
-        status: OperationStatus,
-        error: str | None,
-        traceback: str | None = None,
-        operation_id: str | None = None,
-        cancel_reason: CancelationReason | None = None,
-        cancel_message: str | None = None,
-    ) -> None:
-        run = _run_record(
-            record,
-            started_at=started_at,
-            ended_at=ended_at,
-            status=status,
-            error=error,
-            traceback=traceback,
-            operation_id=operation_id,
-            cancel_reason=cancel_reason,
-            cancel_message=cancel_message,
-        )
-        try:
-            await self.store.record_run(run)
-        except Exception:
-            logger.exception("recording the run of %r in the history failed", record.process_id)
-
     async def _mark_ephemeral(self, run: _Run) -> None:
         run.ephemeral = True
         record = await self.store.update_definition(run.process_id, ephemeral=True)
@@ -773,37 +713,3 @@ class RunMixin:
             task.cancel()
         if waits:
             await asyncio.wait(waits)
-
-    def _notify_progress(self, process_id: str) -> None:
-        for callback in list(self.on_progress):
-            try:
-                callback(process_id)
-            except Exception:
-                logger.exception("on_progress callback %r failed", callback)
-
-    def _notify(self, record: ProcessRecord) -> None:
-        for callback in list(self.on_change):
-            try:
-                outcome = callback(record)
-            except Exception:
-                logger.exception("on_change callback %r failed", callback)
-                continue
-            if inspect.isawaitable(outcome):
-                self._spawn(_await(outcome))
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._aux.add(task)
-        task.add_done_callback(self._aux_done)
-
-    def _aux_done(self, task: asyncio.Task[Any]) -> None:
-        self._aux.discard(task)
-        self._log_task_failure(task)
-
-    @staticmethod
-    def _log_task_failure(task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            logger.error("engine task %s failed", task.get_name(), exc_info=exc)

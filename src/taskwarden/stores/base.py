@@ -72,6 +72,7 @@ __all__ = [
     "parse_cursor",
     "pending_migrations",
     "process_values",
+    "progress_refused",
     "record_decoder",
     "retry_transient",
     "retry_transient_sync",
@@ -535,6 +536,17 @@ def transition_refused(
             "its lease was lost",
         )
     return InvalidTransition(process_id, state, target)
+
+
+def progress_refused(process_id: str, expected_owner: str, lease_owner: str | None) -> LeaseLost:
+    """Why a fenced progress write was refused: the lease is not the writer's."""
+    return LeaseLost(
+        process_id,
+        None,
+        "progress",
+        f"process {process_id!r} is leased by {lease_owner!r}, not {expected_owner!r}: its "
+        "lease was lost, so this progress belongs to no current attempt",
+    )
 
 
 _valid_edges: dict[tuple[Any, ...], frozenset[ProcessState]] = {}

@@ -33,6 +33,7 @@ from taskwarden.stores.base import (
     json_dumps,
     list_filters,
     metadata_matches,
+    progress_refused,
     store_not_open,
     to_utc,
     transition_defaults,
@@ -292,10 +293,14 @@ class MemoryStore(Store):
         message: str | None,
         log_entries: Sequence[LogEntry] = (),
         max_log: int = 1000,
+        *,
+        expected_owner: str | None = None,
     ) -> None:
         """See :meth:`Store.update_progress`."""
         self._check_open()
         record = self._require(process_id)
+        if expected_owner is not None and record.lease_owner != expected_owner:
+            raise progress_refused(process_id, expected_owner, record.lease_owner)
         log = record.log
         if log_entries:
             log = (log + _clean_log(log_entries))[-max_log:] if max_log > 0 else ()

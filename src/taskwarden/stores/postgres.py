@@ -47,6 +47,7 @@ from taskwarden.stores.base import (
     log_to_json,
     pending_migrations,
     process_values,
+    progress_refused,
     retry_transient,
     run_values,
     store_not_open,
@@ -556,6 +557,8 @@ class PostgresStore(Store):
         message: str | None,
         log_entries: Sequence[LogEntry] = (),
         max_log: int = 1000,
+        *,
+        expected_owner: str | None = None,
     ) -> None:
         """See :meth:`Store.update_progress`."""
         now = self.clock.wall()
@@ -579,10 +582,19 @@ class PostgresStore(Store):
                 "updated_at = $4 WHERE process_id = $1"
             )
             args = (process_id, percent, message, now)
+        if expected_owner is not None:
+            sql += f" AND lease_owner = ${len(args) + 1}"
+            args = (*args, expected_owner)
 
         async def op(conn: asyncpg.Connection) -> None:
-            if row_count(await conn.execute(sql, *args)) != 1:
+            if row_count(await conn.execute(sql, *args)) == 1:
+                return
+            holder = await conn.fetchrow(
+                f"SELECT lease_owner FROM {self._t} WHERE process_id = $1", process_id
+            )
+            if holder is None or expected_owner is None:
                 raise ProcessNotFound(process_id)
+            raise progress_refused(process_id, expected_owner, holder[0])
 
         await self._run(op)
 

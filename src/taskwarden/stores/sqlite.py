@@ -51,6 +51,7 @@ from taskwarden.stores.base import (
     log_to_json,
     pending_migrations,
     process_values,
+    progress_refused,
     retry_transient_sync,
     run_values,
     store_not_open,
@@ -462,6 +463,8 @@ class SQLiteStore(Store):
         message: str | None,
         log_entries: Sequence[LogEntry] = (),
         max_log: int = 1000,
+        *,
+        expected_owner: str | None = None,
     ) -> None:
         """See :meth:`Store.update_progress`."""
         now = encode_dt(self.clock.wall())
@@ -476,6 +479,7 @@ class SQLiteStore(Store):
             len(log_entries),
             max_log,
             now,
+            expected_owner,
         )
 
     def _update_progress(
@@ -488,23 +492,27 @@ class SQLiteStore(Store):
         new_count: int,
         max_log: int,
         now: str,
+        owner: str | None,
     ) -> None:
         if new_log is None:
+            fence = "" if owner is None else " AND lease_owner = ?"
             changed = conn.execute(
                 f"UPDATE {self._t} SET progress_percent = ?, progress_message = ?, "
-                "updated_at = ? WHERE process_id = ?",
-                (percent, message, now, process_id),
+                f"updated_at = ? WHERE process_id = ?{fence}",
+                (percent, message, now, process_id) + (() if owner is None else (owner,)),
             ).rowcount
             if changed != 1:
-                raise ProcessNotFound(process_id)
+                self._progress_refused(conn, process_id, owner)
             return
         row = conn.execute(
-            f"SELECT json_array_length(log), log FROM {self._t} WHERE process_id = ?",
+            f"SELECT json_array_length(log), log, lease_owner FROM {self._t} WHERE process_id = ?",
             (process_id,),
         ).fetchone()
         if row is None:
             raise ProcessNotFound(process_id)
-        count, old = row
+        count, old, holder = row
+        if owner is not None and holder != owner:
+            raise progress_refused(process_id, owner, holder)
         if max_log <= 0:
             log = "[]"
         elif count + new_count <= max_log:
@@ -520,6 +528,16 @@ class SQLiteStore(Store):
         )
 
     # -- leases -----------------------------------------------------------------------
+
+    def _progress_refused(
+        self, conn: sqlite3.Connection, process_id: str, owner: str | None
+    ) -> None:
+        row = conn.execute(
+            f"SELECT lease_owner FROM {self._t} WHERE process_id = ?", (process_id,)
+        ).fetchone()
+        if row is None or owner is None:
+            raise ProcessNotFound(process_id)
+        raise progress_refused(process_id, owner, row[0])
 
     async def claim(
         self,
