@@ -64,16 +64,48 @@ def _as_postgres_user(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd]
 
 
+class PostgresServer:
+    """A PostgreSQL server of the test's own, in a temporary folder: it can be restarted."""
+
+    def __init__(self, pg_ctl: str, data: Path, root: Path, port: int) -> None:
+        self.pg_ctl, self.data, self.root, self.port = pg_ctl, data, root, port
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def _ctl(self, *args: str, check: bool = True) -> None:
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c max_connections=200"
+        )
+        log = str(self.root / "log")
+        subprocess.run(
+            _as_postgres_user([self.pg_ctl, "-D", str(self.data), "-o", options, "-l", log, *args]),
+            check=check,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def start(self) -> None:
+        self._ctl("-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._ctl("-m", mode, "-w", "stop", check=False)
+
+    def restart(self) -> None:
+        """Stop (closing every connection) and start again on the same port and data."""
+        self.stop()
+        self.start()
+
+
 @contextlib.contextmanager
-def throwaway_postgres() -> Iterator[str | None]:
-    """Start a PostgreSQL server in a temporary folder; yields its URL, or None."""
+def postgres_server() -> Iterator[PostgresServer | None]:
+    """Start a PostgreSQL server in a temporary folder; yields it, or None without the
+    binaries."""
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if initdb is None or pg_ctl is None:
         yield None
         return
     root = Path(tempfile.mkdtemp(prefix="taskwarden-pg-"))
     data = root / "data"
-    port = _free_port()
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
         root.chmod(0o755)
@@ -85,26 +117,20 @@ def throwaway_postgres() -> Iterator[str | None]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    options = (
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    )
-    subprocess.run(
-        _as_postgres_user(
-            [pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"]
-        ),
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    server = PostgresServer(pg_ctl, data, root, _free_port())
+    server.start()
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield server
     finally:
-        subprocess.run(
-            _as_postgres_user([pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"]),
-            check=False,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        server.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str | None]:
+    """Start a PostgreSQL server in a temporary folder; yields its URL, or None."""
+    with postgres_server() as server:
+        yield None if server is None else server.url
 
 
 @contextlib.contextmanager

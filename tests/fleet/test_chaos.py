@@ -252,3 +252,66 @@ async def test_three_workers_race_for_1000_launches_and_run_each_once(
     for worker in fleet.workers:
         log = worker.stderr()
         assert "database is locked" not in log and "Traceback" not in log, log
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("outage", ["restart", "longer-than-the-lease"])
+async def test_a_postgresql_restart_mid_run_loses_no_terminal_state(
+    tmp_path: Path, outage: str
+) -> None:
+    """The test's own PostgreSQL server is restarted while two workers hold runs. The
+    workers reconnect by themselves. After a quick restart each held run is kept or
+    resolved by its policy; after an outage longer than the lease the workers have
+    stopped their runs, and the reaper resolves them by policy (``retry`` finishes,
+    ``fail`` fails). Nothing finished is lost, and launches made afterwards run."""
+    from tests.servers import postgres_server
+
+    with postgres_server() as server:
+        if server is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail("initdb and pg_ctl are needed for the restart test")
+            pytest.skip("no PostgreSQL binaries to start a server of the test's own")
+        prefix = f"c{uuid.uuid4().hex[:12]}"
+        fleet = Fleet(server.url, prefix, tmp_path)
+        try:
+            fleet.spawn(2)
+            async with open_store(server.url, prefix=prefix) as client:
+                for n in range(20):
+                    await launch(client, f"quick-{n}")
+                for process_id in ("retry-0", "fail-0"):
+                    await launch(client, process_id)
+                    await wait_state(client, process_id, S.RUNNING)
+                async with asyncio.timeout(30):
+                    while len(await client.list(state=[S.DONE])) < 20:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+            if outage == "restart":
+                server.restart()
+            else:
+                server.stop()
+                await asyncio.sleep(2 * LEASE)  # the fault: down for two leases
+                server.start()
+            async with open_store(server.url, prefix=prefix) as client:
+                done = {r.process_id for r in await client.list(state=[S.DONE])}
+                assert {f"quick-{n}" for n in range(20)} <= done  # nothing finished is lost
+                # Held on, or resolved by policy: retry finishes on a worker, fail fails.
+                kept = (S.RUNNING,) if outage == "restart" else ()
+                await wait_state(client, "retry-0", *kept, S.DONE, timeout=20)
+                await wait_state(client, "fail-0", *kept, S.FAILED, timeout=20)
+                for n in range(20, 40):
+                    await launch(client, f"quick-{n}")
+                async with asyncio.timeout(30):
+                    for n in range(20, 40):
+                        await wait_state(client, f"quick-{n}", S.DONE)
+                for process_id in ("retry-0", "fail-0"):
+                    record = await client.get(process_id)
+                    assert record is not None
+                    if record.state is S.RUNNING:  # kept: a live worker renews its lease
+                        assert record.lease_owner in {w.incarnation for w in fleet.workers}
+                    runs = await client.query_history(process_id=process_id)
+                    assert sum(r.status is OperationStatus.COMPLETED for r in runs) <= 1
+                    if outage != "restart":  # stopped by their workers, resolved by policy
+                        assert "worker-lost" in (runs[-1].error or ""), runs
+                        assert record.state is (S.DONE if process_id == "retry-0" else S.FAILED)
+                assert all(w.proc.poll() is None for w in fleet.workers)
+        finally:
+            fleet.kill_all()

@@ -195,6 +195,7 @@ class Worker:
         await self.engine.init()
         self.started_at = self.clock.wall()
         await self._put_record()
+        self._last_renewal = time.monotonic()  # nothing is held yet: the clock starts here
         loop = asyncio.get_running_loop()
         self.engine.on_slot_freed.append(self._wake.set)
         if self.bus is not None:
@@ -412,8 +413,8 @@ class Worker:
         free = self.engine.free_slots
         limit = 100 if free is None else min(free, 100)
         served = self.engine.served_process_ids
-        if limit <= 0 or not served or not self._claiming:
-            return 0
+        if limit <= 0 or not served or not self._claiming or self._trusted_for() <= 0:
+            return 0  # (no claims while renewals fail: what it took would be lost at once)
         records = await self.store.claim(
             self.incarnation, self.lease_seconds, limit, process_ids=served
         )
@@ -428,25 +429,41 @@ class Worker:
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self.renew_interval)
+            # A renewal that hangs (the store retrying a dead connection) must not keep the
+            # runs past the point where this worker can still trust its leases.
+            trusted_for = self._trusted_for()
             try:
-                await self.renew_once()
+                # Past trust (the runs were stopped already) a renewal is how to recover.
+                async with asyncio.timeout(trusted_for if trusted_for > 0 else self.lease_seconds):
+                    await self.renew_once()
             except Exception as exc:
                 silent = time.monotonic() - self._last_renewal
-                # Stop before the lease can run out and another worker take the runs over.
                 if silent >= self.lease_seconds - self.renew_interval:
+                    # Stop before the lease can run out and another worker take them over.
+                    reason = exc if str(exc) else type(exc).__name__
                     for process_id in self.engine.held_runs:
                         self.engine.lose_run(
                             process_id,
-                            f"lease-lost: the store was unreachable for {silent:.0f} s ({exc})",
+                            f"lease-lost: no renewal for {silent:.1f} s ({reason})",
                         )
-                logger.warning("renewing the leases failed: %s", exc)
+                logger.warning("renewing the leases failed: %r", exc)
+
+    def _trusted_for(self) -> float:
+        """Seconds this worker may still trust its leases, on its own monotonic clock."""
+        return self._last_renewal + self.lease_seconds - self.renew_interval - time.monotonic()
 
     async def renew_once(self) -> None:
         """Renew every lease this worker holds; stop the runs it lost, start the cancel of
         the ones with a request it may have missed, and refresh the worker record."""
         mine = set(self.engine.held_runs)
+        renewing_since = time.monotonic()
         held = dict(await self.store.renew_held(self.incarnation, self.lease_seconds))
-        self._last_renewal = time.monotonic()
+        self._last_renewal = renewing_since
+        for process_id, held_state in held.items():
+            if held_state is not S.SCHEDULED and process_id not in mine:
+                # The store says this worker runs it, but it does not (any more): a run it
+                # stopped when it could not renew. Resolve it as the others would have.
+                await self._resolve_orphan(process_id)
         for process_id in mine:
             state = held.get(process_id)
             if state is None:
@@ -459,6 +476,15 @@ class Worker:
             elif state is S.CANCEL_REQUESTED:
                 await self.engine.cancel_local(process_id, "cancelled on request")
         await self._put_record()
+
+    async def _resolve_orphan(self, process_id: str) -> None:
+        if process_id in self.engine.held_runs:
+            return  # it started meanwhile
+        record = await self.store.get(process_id)
+        if record is None or record.lease_owner != self.incarnation:
+            return
+        if record.state in (S.RUNNING, S.CANCEL_REQUESTED, S.CANCELLING):
+            await self._resolve_lost(record)
 
     async def _put_record(self) -> None:
         now = self.clock.wall()
