@@ -268,7 +268,13 @@ def run_table(args: argparse.Namespace) -> None:
              "--workers", ws],
             peers_python,
         )  # fmt: skip
-    for store, bus in (("sqlite", ""), ("sqlite", "redis"), ("postgres", "redis")):
+    cases["sqlite baseline"] = ([str(HERE / "sqlite_baseline.py"), "--n", n], sys.executable)
+    for store, bus in (
+        ("sqlite", ""),
+        ("sqlite", "redis"),
+        ("postgres", ""),
+        ("postgres", "redis"),
+    ):
         cmd = [__file__, "latency", "--store", store] + (["--bus", bus] if bus else [])
         cases[f"latency {store}{' + ' + bus if bus else ''}"] = (cmd, sys.executable)
     results: dict[str, list[dict[str, Any]]] = {key: [] for key in cases}
@@ -300,6 +306,10 @@ def run_table(args: argparse.Namespace) -> None:
 
         print(f"| {w} | {f(tw)} | {f(p10)} | {f(p100)} | {f(pr)} | {r(tw, p10)} "
               f"| {r(tw, p100)} | {r(tw, pr)} | {f(sq)} |")  # fmt: skip
+    base = med("sqlite baseline", "drain_per_s")
+    print(f"\nBare sqlite3 loop with the same writes (one process): {f(base)}; taskwarden SQLite "
+          + ", ".join(f"x{w} {r(med(f'taskwarden sqlite x{w}', 'drain_per_s'), base)}"
+                      for w in args.worker_counts) + " of it")  # fmt: skip
     print("\n| launch -> running (another process) | p50 | p99 |\n| --- | ---: | ---: |")
     for key in cases:
         if key.startswith("latency"):
@@ -308,7 +318,12 @@ def run_table(args: argparse.Namespace) -> None:
                 "-" if p50 is None else f"{p50:.1f} ms",
                 "-" if p99 is None else f"{p99:.1f} ms",
             )
-            print(f"| {key[8:]} | {show[0]} | {show[1]} |")
+            label = (
+                key[8:]
+                if "+" in key
+                else f"{key[8:]} (no bus{', NOTIFY' if 'postgres' in key else ''})"
+            )
+            print(f"| {label} | {show[0]} | {show[1]} |")
     errors = {k: [r["error"] for r in v if "error" in r] for k, v in results.items()}
     for key, errs in errors.items():
         if errs:

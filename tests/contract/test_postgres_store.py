@@ -74,3 +74,37 @@ async def test_a_transition_waits_for_a_locked_row_then_compares_the_new_state(
         with pytest.raises(InvalidTransition) as info:
             await asyncio.wait_for(attempt, 10)
         assert info.value.current == "cancelled"
+
+
+async def test_leases_are_stamped_and_compared_by_the_database_clock(
+    postgres_server_url: str, prefix: str
+) -> None:
+    """Without a clock of its own the store leaves lease times to ``now()`` in the
+    database: a writer whose wall clock is decades off still claims leases that end
+    ``lease_seconds`` after the database's now, renews them so, and sees as expired what
+    the database sees as expired."""
+    from datetime import UTC, datetime, timedelta
+
+    from taskwarden.clock import FakeClock
+
+    async with PostgresStore(postgres_server_url, prefix=prefix) as store:
+        store.clock = FakeClock(wall_start=datetime(2001, 1, 1, tzinfo=UTC))  # a skewed host
+        for pid in ("a", "b"):
+            await store.create(ProcessRecord(process_id=pid, name=pid, state=S.SCHEDULED))
+        conn = await asyncpg.connect(postgres_server_url)
+        try:
+            db_now: datetime = await conn.fetchval("SELECT now()")
+        finally:
+            await conn.close()
+        [claimed] = await store.claim("w", 30, limit=1, process_ids=["a"])
+        assert claimed.lease_expires_at is not None
+        assert abs(claimed.lease_expires_at - (db_now + timedelta(seconds=30))) < timedelta(
+            seconds=10
+        )
+        [(renewed, _)] = await store.renew_held("w", 60)
+        got = await store.get(renewed)
+        assert got is not None and got.lease_expires_at is not None
+        assert got.lease_expires_at - db_now > timedelta(seconds=50)
+        # A lease that ended by the database's clock is expired, whatever this host says.
+        await store.claim("w2", 0.0, limit=1, process_ids=["b"])  # ends at once
+        assert [r.process_id for r in await store.expired_leases()] == ["b"]

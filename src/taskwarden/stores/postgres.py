@@ -14,7 +14,7 @@ import builtins
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -74,6 +74,9 @@ from taskwarden.stores.postgres_support import (
 
 __all__ = ["PostgresStore"]
 
+_LEASE_NOW_3 = "COALESCE($3::timestamptz, now())"
+"""Lease time in a claim: the database's clock unless the store was given one ($3)."""
+
 logger = logging.getLogger("taskwarden.stores.postgres")
 
 T = TypeVar("T")
@@ -103,6 +106,9 @@ class PostgresStore(Store):
         self.dsn = dsn
         self.prefix = prefix
         self.clock: Clock = clock or SystemClock()
+        # Leases are stamped and compared by the database's clock (now()), never a
+        # worker's; a clock given here (a FakeClock in tests) replaces it.
+        self._db_clock = clock is None
         self._t, self._runs, self._version = table_names(prefix)
         self._workers = f"{prefix}_workers"
         self._min_size = min_size
@@ -117,6 +123,10 @@ class PostgresStore(Store):
         return f"PostgresStore(prefix={self.prefix!r})"
 
     # -- plumbing ---------------------------------------------------------------------
+
+    def _lease_now(self) -> datetime | None:
+        """The "now" of lease times: None for the database's ``now()`` (see __init__)."""
+        return None if self._db_clock else self.clock.wall()
 
     async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run ``op`` on a pooled connection: transient failures retried, driver errors
@@ -611,26 +621,33 @@ class PostgresStore(Store):
         """See :meth:`Store.claim`."""
         if limit <= 0:
             return []
-        now = self.clock.wall()
-        served = "" if process_ids is None else " AND process_id = ANY($5::text[])"
+        served = "" if process_ids is None else " AND process_id = ANY($6::text[])"
         sql = (
             # Unleased and expired-lease candidates come through their own indexes, so
             # rows other workers hold are never scanned.
             f"WITH free AS (SELECT process_id, updated_at FROM {self._t} "
             "WHERE state = 'scheduled' AND lease_owner IS NULL "
-            f"AND (next_attempt_at IS NULL OR next_attempt_at <= $3){served} "
+            f"AND (next_attempt_at IS NULL OR next_attempt_at <= {_LEASE_NOW_3}){served} "
             "ORDER BY updated_at, process_id LIMIT $4 FOR UPDATE SKIP LOCKED), "
             f"expired AS (SELECT process_id, updated_at FROM {self._t} "
-            "WHERE lease_owner IS NOT NULL AND lease_expires_at <= $3 AND state = 'scheduled'"
-            f"{served} ORDER BY updated_at, process_id LIMIT $4 FOR UPDATE SKIP LOCKED), "
+            f"WHERE lease_owner IS NOT NULL AND lease_expires_at <= {_LEASE_NOW_3} "
+            f"AND state = 'scheduled'{served} "
+            "ORDER BY updated_at, process_id LIMIT $4 FOR UPDATE SKIP LOCKED), "
             "picked AS (SELECT process_id, updated_at AS queued_at FROM "
             "(SELECT * FROM free UNION ALL SELECT * FROM expired) AS c "
             "ORDER BY updated_at, process_id LIMIT $4) "
-            f"UPDATE {self._t} AS t SET lease_owner = $1, lease_expires_at = $2, updated_at = $3 "
-            "FROM picked WHERE t.process_id = picked.process_id "
+            f"UPDATE {self._t} AS t SET lease_owner = $1, "
+            f"lease_expires_at = {_LEASE_NOW_3} + make_interval(secs => $2::float8), "
+            "updated_at = $5 FROM picked WHERE t.process_id = picked.process_id "
             f"RETURNING picked.queued_at, {', '.join('t.' + c for c in PROCESS_COLUMNS)}"
         )
-        args: tuple[Any, ...] = (worker, now + timedelta(seconds=lease_seconds), now, limit)
+        args: tuple[Any, ...] = (
+            worker,
+            float(lease_seconds),
+            self._lease_now(),
+            limit,
+            self.clock.wall(),
+        )
         if process_ids is not None:
             args = (*args, list(process_ids))
 
@@ -647,13 +664,13 @@ class PostgresStore(Store):
         ids = list(dict.fromkeys(process_ids))
         if not ids:
             return []
-        now = self.clock.wall()
         sql = (
-            f"UPDATE {self._t} SET lease_expires_at = $3, updated_at = $4 "
-            "WHERE lease_owner = $1 AND process_id = ANY($2::text[]) "
+            f"UPDATE {self._t} SET lease_expires_at = "
+            "COALESCE($3::timestamptz, now()) + make_interval(secs => $6::float8), "
+            "updated_at = $4 WHERE lease_owner = $1 AND process_id = ANY($2::text[]) "
             "AND state = ANY($5::text[]) RETURNING process_id"
         )
-        args = (worker, ids, now + timedelta(seconds=lease_seconds), now, ACTIVE)
+        args = (worker, ids, self._lease_now(), self.clock.wall(), ACTIVE, float(lease_seconds))
 
         async def op(conn: asyncpg.Connection) -> builtins.list[str]:
             return [row[0] for row in await conn.fetch(sql, *args)]
@@ -665,10 +682,11 @@ class PostgresStore(Store):
     ) -> builtins.list[tuple[str, ProcessState]]:
         """See :meth:`Store.renew_held`."""
         sql = (
-            f"UPDATE {self._t} SET lease_expires_at = $2 WHERE lease_owner = $1 "
-            "AND state = ANY($3::text[]) RETURNING process_id, state"
+            f"UPDATE {self._t} SET lease_expires_at = "
+            "COALESCE($2::timestamptz, now()) + make_interval(secs => $4::float8) "
+            "WHERE lease_owner = $1 AND state = ANY($3::text[]) RETURNING process_id, state"
         )
-        args = (worker, self.clock.wall() + timedelta(seconds=lease_seconds), ACTIVE)
+        args = (worker, self._lease_now(), ACTIVE, float(lease_seconds))
 
         async def op(conn: asyncpg.Connection) -> builtins.list[tuple[str, ProcessState]]:
             return [(row[0], ProcessState(row[1])) for row in await conn.fetch(sql, *args)]
@@ -754,11 +772,12 @@ class PostgresStore(Store):
     async def expire_leases(self, now: datetime | None = None) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.expire_leases`."""
         wall = self.clock.wall()
-        cutoff = to_utc(now) if now is not None else wall
+        cutoff = to_utc(now) if now is not None else self._lease_now()
         # SKIP LOCKED: of two recoverers, each row goes to the one that locks it first.
         sql = (
             f"WITH expired AS (SELECT process_id FROM {self._t} WHERE lease_owner IS NOT NULL "
-            "AND lease_expires_at <= $1 AND state = ANY($3::text[]) FOR UPDATE SKIP LOCKED) "
+            "AND lease_expires_at <= COALESCE($1::timestamptz, now()) "
+            "AND state = ANY($3::text[]) FOR UPDATE SKIP LOCKED) "
             f"UPDATE {self._t} AS t SET lease_owner = NULL, lease_expires_at = NULL, "
             "updated_at = $2 FROM expired WHERE t.process_id = expired.process_id "
             f"RETURNING {', '.join('t.' + c for c in PROCESS_COLUMNS)}"
@@ -771,10 +790,10 @@ class PostgresStore(Store):
         self, now: datetime | None = None, limit: int = 100
     ) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.expired_leases`."""
-        cutoff = to_utc(now) if now is not None else self.clock.wall()
+        cutoff = to_utc(now) if now is not None else self._lease_now()
         sql = (
             f"SELECT {', '.join(PROCESS_COLUMNS)} FROM {self._t} WHERE lease_owner IS NOT NULL "
-            "AND lease_expires_at <= $1 AND state = ANY($2::text[]) "
+            "AND lease_expires_at <= COALESCE($1::timestamptz, now()) AND state = ANY($2::text[]) "
             "ORDER BY lease_expires_at, process_id LIMIT $3"
         )
         return await self._fetch_records(sql, cutoff, ACTIVE, max(0, limit))
