@@ -8,11 +8,15 @@ serves the process claims the launch or runs the cancel. Resync needs definition
 on the server's engine, or over the bus on an engine that serves commands, else it is
 refused with the reason ``no-engine`` (503). This module maps refusals' ``reason`` codes to
 optio's reason strings and HTTP statuses.
+
+Group and bulk cancels always write through the fleet's client (one compare-and-set per
+process, wherever it runs); the server's own engine then starts the cancel of the runs it
+holds at once, instead of at its next lease renewal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,6 +25,8 @@ from taskwarden.errors import TaskwardenError
 if TYPE_CHECKING:
     from taskwarden.abc import Bus, Store
     from taskwarden.engine import Engine
+    from taskwarden.processes import ProcessState
+    from taskwarden.worker.client import BulkCancelResult, MetadataPredicate
 
 __all__ = ["CommandRefused", "Commands", "Verb"]
 
@@ -123,6 +129,77 @@ class Commands:
                 await client.dismiss(self.store, process_id)
         except TaskwardenError as exc:
             raise _refusal(verb, exc.reason, str(exc)) from None
+
+    async def cancel_group(self, process_id: str, reason: str | None = None) -> None:
+        """Cancel ``process_id`` and its descendants (see
+        :func:`taskwarden.worker.client.cancel_group`); raise :class:`CommandRefused` when
+        none of them can be cancelled."""
+        from taskwarden.worker import client
+
+        try:
+            changed = await client.cancel_group(
+                self.store,
+                process_id,
+                bus=self.bus,
+                reason=reason,
+                requested_by="api",
+                prefix=self.prefix,
+            )
+        except TaskwardenError as exc:
+            raise _refusal("cancel", exc.reason, str(exc)) from None
+        await self._cancel_held(record.process_id for record in changed)
+
+    async def cancel_matching(
+        self,
+        *,
+        state: Collection[ProcessState | str] | None,
+        root_id: str | None,
+        predicate: MetadataPredicate | None,
+        reason: str | None = None,
+        limit: int | None = None,
+    ) -> BulkCancelResult:
+        """Cancel every scheduled or running process the filters match (see
+        :func:`taskwarden.worker.client.cancel_matching`)."""
+        from taskwarden.worker import client
+
+        result = await client.cancel_matching(
+            self.store,
+            state=state,
+            root_id=root_id,
+            predicate=predicate,
+            bus=self.bus,
+            reason=reason,
+            requested_by="api",
+            limit=limit,
+            prefix=self.prefix,
+        )
+        await self._cancel_held(result.cancelled)
+        return result
+
+    async def count_matching(
+        self,
+        *,
+        state: Collection[ProcessState | str] | None,
+        root_id: str | None,
+        predicate: MetadataPredicate | None,
+    ) -> int:
+        """How many processes :meth:`cancel_matching` would take now (reads only)."""
+        from taskwarden.worker import client
+
+        return await client.count_matching(
+            self.store, state=state, root_id=root_id, predicate=predicate
+        )
+
+    async def _cancel_held(self, process_ids: Iterable[str]) -> None:
+        # The store has the request; the runs this server's engine holds start their
+        # cancel now rather than at the next renewal.
+        engine = self.engine
+        if engine is None:
+            return
+        held = set(engine.held_runs)
+        for process_id in process_ids:
+            if process_id in held:
+                await engine.cancel_local(process_id, "cancelled on request")
 
     async def resync(self, clean: bool, metadata_filter: Mapping[str, Any] | None) -> None:
         """Re-read the definitions (and with ``clean``, rebuild the records)."""

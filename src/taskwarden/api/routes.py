@@ -212,6 +212,49 @@ async def stream_tree(
 
 
 # ---------------------------------------------------------------- optio's commands
+# Declared before the routes with a process id: "/processes/cancel" is the bulk cancel,
+# and a process named "cancel" is still cancelled at "/processes/cancel/cancel".
+@router.post("/processes/cancel", summary="Cancel every process a filter matches")
+async def cancel_matching(
+    request: Request,
+    confirm: Annotated[
+        bool, Query(description="must be true; without it the answer is a 400 with the count")
+    ] = False,
+    state: Annotated[
+        builtins.list[str] | None,
+        Query(description="scheduled and/or running (repeat it, or a comma list)"),
+    ] = None,
+    root_id: Annotated[str | None, Query(alias="rootId")] = None,
+    metadata_filter: Annotated[str | None, Query(alias="metadataFilter")] = None,
+    reason: Annotated[str | None, Query(max_length=1000, description="kept in each log")] = None,
+    limit: Annotated[int | None, Query(ge=1, description="cancel at most this many")] = None,
+    database: Namespace = None,
+    prefix: Namespace = None,
+) -> JSONResponse:
+    """Cancel the scheduled or running processes that match every filter (the list's
+    ``state``, ``rootId`` and ``metadataFilter``; at least one). Without ``confirm=true``
+    nothing is changed: a 400 names how many would be cancelled."""
+    _reject_legacy(request)
+    predicate = parse_filter(metadata_filter)
+    states = [part.strip() for value in state or () for part in value.split(",") if part.strip()]
+    commands = _service(request).commands
+    filters: dict[str, Any] = {"state": states or None, "root_id": root_id, "predicate": predicate}
+    if not confirm:
+        matched = await commands.count_matching(**filters)
+        return JSONResponse(
+            {
+                "reason": "confirmation-needed",
+                "message": f"this filter matches {matched} cancellable "
+                f"process{'' if matched == 1 else 'es'}: repeat the request with confirm=true "
+                "to cancel them",
+                "matched": matched,
+            },
+            status_code=400,
+        )
+    result = await commands.cancel_matching(**filters, reason=reason, limit=limit)
+    return JSONResponse(result.to_document())
+
+
 async def _command(request: Request, verb: Verb, process_id: str) -> dict[str, Any]:
     service = _service(request)
     if await service.store.get(process_id) is None:
@@ -239,12 +282,26 @@ async def launch(
     return await _command(request, "launch", process_id)
 
 
-@router.post("/processes/{process_id}/cancel", summary="Cancel a process")
+@router.post("/processes/{process_id}/cancel", summary="Cancel a process (or its group)")
 async def cancel(
-    request: Request, process_id: str, database: Namespace = None, prefix: Namespace = None
+    request: Request,
+    process_id: str,
+    group: Annotated[
+        bool, Query(description="also cancel every descendant of the process, across the fleet")
+    ] = False,
+    database: Namespace = None,
+    prefix: Namespace = None,
 ) -> dict[str, Any]:
-    """Cancel a scheduled or running process."""
-    return await _command(request, "cancel", process_id)
+    """Cancel a scheduled or running process; with ``group=true``, the process and every
+    descendant (written on the group's top-most cancellable processes, which stop what is
+    below them). The answer is the process after the command."""
+    if not group:
+        return await _command(request, "cancel", process_id)
+    service = _service(request)
+    if await service.store.get(process_id) is None:
+        raise CommandRefused("not-found", "Process not found", 404)
+    await service.commands.cancel_group(process_id)
+    return process_document(await _process(service, process_id))
 
 
 @router.post("/processes/{process_id}/dismiss", summary="Reset a finished process to idle")

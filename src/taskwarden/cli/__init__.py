@@ -1,9 +1,9 @@
 """The ``taskwarden`` command line.
 
 Each command lives in its own module (``ps``, ``tree``, ``history``, ``logs``, ``control``
-for launch / cancel / dismiss, ``workers``, ``worker``, ``serve``, ``top``), imported
-here for its parser only: rich, the store backends and their drivers are imported when a
-command runs, so ``--help`` starts fast.
+for launch / cancel / dismiss, ``resync``, ``workers``, ``worker``, ``serve``, ``top``),
+imported here for its parser only: rich, the store backends and their drivers are imported
+when a command runs, so ``--help`` starts fast.
 """
 
 from __future__ import annotations
@@ -39,9 +39,20 @@ def _parser() -> argparse.ArgumentParser:
         help="store URL for the process half (default: $TASKWARDEN_STORE or "
         "sqlite:///taskwarden.db)",
     )
-    from taskwarden.cli import control, history, logs, ps, serve, top, tree, worker, workers
+    from taskwarden.cli import (
+        control,
+        history,
+        logs,
+        ps,
+        resync,
+        serve,
+        top,
+        tree,
+        worker,
+        workers,
+    )
 
-    for module in (ps, tree, history, logs, control, workers, worker, serve, top):
+    for module in (ps, tree, history, logs, control, resync, workers, worker, serve, top):
         module.register(commands)
     return parser
 

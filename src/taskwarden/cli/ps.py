@@ -1,4 +1,9 @@
-"""``taskwarden ps``: the processes with their state, progress, worker and since when."""
+"""``taskwarden ps``: the processes with their state, progress, worker and since when.
+
+``--sort FIELD`` orders the page that was read: the Store contract lists in keyset order
+``(depth, order, id)`` only, so a page is chosen in that order and then sorted (``--limit``
+larger than the matches sorts them all).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,47 @@ if TYPE_CHECKING:
     from taskwarden.abc import Store
     from taskwarden.processes import ProcessRecord, ProcessState
 
-__all__ = ["parse_metadata", "parse_states", "register"]
+__all__ = ["SORT_FIELDS", "parse_metadata", "parse_sort", "parse_states", "register", "sort_page"]
 
 _INT = re.compile(r"[+-]?\d+")
+
+SORT_FIELDS: dict[str, str] = {
+    "created": "created_at",
+    "updated": "updated_at",
+    "state": "state",
+    "name": "name",
+    "id": "process_id",
+}
+"""``--sort``'s fields and the record attribute each one orders by."""
+
+
+def parse_sort(text: str) -> tuple[str, bool]:
+    """``--sort``'s value: a field of :data:`SORT_FIELDS`, ``-`` first for descending;
+    returns ``(field, descending)``."""
+    name = text.strip()
+    descending = name.startswith("-")
+    name = name.removeprefix("-")
+    if name not in SORT_FIELDS:
+        raise argparse.ArgumentTypeError(
+            f"unknown sort field {name!r}: use one of {', '.join(SORT_FIELDS)} "
+            "(- first for descending: --sort=-updated)"
+        )
+    return name, descending
+
+
+def sort_page(records: list[ProcessRecord], name: str, descending: bool) -> list[ProcessRecord]:
+    """``records`` ordered by ``name`` (ties keep the store order: the sort is stable)."""
+    from taskwarden.processes import ProcessState
+
+    attribute = SORT_FIELDS[name]
+    # States sort in their life order (idle, scheduled, running, ...), not by name.
+    life = {state: position for position, state in enumerate(ProcessState)}
+
+    def key(record: ProcessRecord) -> Any:
+        value = getattr(record, attribute)
+        return life[value] if name == "state" else value
+
+    return sorted(records, key=key, reverse=descending)
 
 
 def parse_states(text: str) -> list[str]:
@@ -99,6 +142,13 @@ def register(commands: Any) -> None:
         "--limit", type=_positive, default=50, help="processes per page (default 50)"
     )
     parser.add_argument("--cursor", help="start after this cursor (printed by the previous page)")
+    parser.add_argument(
+        "--sort",
+        type=parse_sort,
+        metavar="[-]FIELD",
+        help=f"order the page by {', '.join(SORT_FIELDS)} (descending: --sort=-FIELD); the page "
+        "itself is chosen in store order, so raise --limit to sort more at once",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -164,6 +214,8 @@ async def _ps(store: Store, args: argparse.Namespace) -> int:
         limit=args.limit,
         cursor=args.cursor,
     )
+    if args.sort is not None:
+        records = sort_page(records, *args.sort)
     if args.json:
         emit_json(
             {
