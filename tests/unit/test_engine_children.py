@@ -290,3 +290,27 @@ def test_sequential_progress_gives_each_child_an_equal_slot() -> None:
     assert ctx.values == [25.0, 37.5]
     with pytest.raises(ConfigurationError):
         sequential_progress(ctx, 0)  # type: ignore[arg-type]
+
+
+async def test_a_parent_whose_cancel_was_requested_ends_cancelled_when_a_child_stops_first() -> None:
+    """Cancels of a child and of its parent may reach the engine in either order (a
+    worker handles the requests it finds at a renewal in no set order). When the child's
+    stop reaches the parent before the parent's own request does, the parent's end finds
+    ``cancel_requested`` on its record: it is cancelled, not failed."""
+
+    async def waits(ctx: ProcessContext) -> None:
+        await ctx.wait_cancelled()
+
+    async def parent(ctx: ProcessContext) -> None:
+        await ctx.run_child(waits, "p/c", "C")
+
+    async with started_engine(task("p", parent)) as engine:
+        log = StateLog(engine)
+        await engine.launch("p")
+        await log.wait_for("p/c", S.RUNNING)
+        # The parent's request is on record; its notification has not arrived yet.
+        await engine.store.transition("p", {S.RUNNING}, S.CANCEL_REQUESTED)
+        await engine.cancel("p/c")
+        await log.wait_for("p", (S.CANCELLED, S.FAILED))
+        record = await engine.get_process("p")
+        assert record is not None and record.state is S.CANCELLED, record.error

@@ -371,7 +371,16 @@ class RunMixin(EngineBase):
             )
 
         record = await self._end_record(
-            run, target, cancelled, now, duration, error_text, history, final_progress, retry
+            run,
+            target,
+            cancelled,
+            now,
+            duration,
+            error_text,
+            history,
+            final_progress,
+            retry,
+            child_cancelled=isinstance(error, ChildProcessCancelled),
         )
         run.end_record = record
         if record is None:
@@ -406,6 +415,7 @@ class RunMixin(EngineBase):
         history: Callable[[ProcessState], RunRecord],
         final_progress: dict[str, Any],
         retry: RetryPlan | None = None,
+        child_cancelled: bool = False,
     ) -> ProcessRecord | None:
         process_id = run.process_id
         if run.hand_back and target is S.CANCELLED and not run.cancel_requested:
@@ -456,9 +466,10 @@ class RunMixin(EngineBase):
                         self._notify(found)
                         return found
                 if not cancelled and exc.current in (S.CANCEL_REQUESTED, S.CANCELLING):
-                    # A cancel arrived while the run was ending: end it as cancelled.
+                    # A cancel arrived while the run was ending: end it as cancelled (also
+                    # when what ended it was a child's cancel, which reached it first).
                     cancelled = True
-                    if target is S.DONE:
+                    if target is S.DONE or child_cancelled:
                         target = S.CANCELLED
                     continue
                 logger.warning("run of %r could not be recorded %s: %s", process_id, target, exc)
