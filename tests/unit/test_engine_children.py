@@ -292,7 +292,7 @@ def test_sequential_progress_gives_each_child_an_equal_slot() -> None:
         sequential_progress(ctx, 0)  # type: ignore[arg-type]
 
 
-async def test_a_parent_whose_cancel_was_requested_ends_cancelled_when_a_child_stops_first() -> None:
+async def test_a_parent_with_a_cancel_request_ends_cancelled_when_its_child_stops_first() -> None:
     """Cancels of a child and of its parent may reach the engine in either order (a
     worker handles the requests it finds at a renewal in no set order). When the child's
     stop reaches the parent before the parent's own request does, the parent's end finds
@@ -313,4 +313,5 @@ async def test_a_parent_whose_cancel_was_requested_ends_cancelled_when_a_child_s
         await engine.cancel("p/c")
         await log.wait_for("p", (S.CANCELLED, S.FAILED))
         record = await engine.get_process("p")
-        assert record is not None and record.state is S.CANCELLED, record.error
+        assert record is not None
+        assert record.state is S.CANCELLED, record.error
