@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -16,7 +17,8 @@ import uvicorn
 from taskwarden.api import Broadcaster, create_app
 from taskwarden.api.broadcaster import Change
 from taskwarden.api.filters import parse_filter
-from taskwarden.api.streams import list_stream, tree_stream
+from taskwarden.api.multiplex import multiplexed_stream, parse_topics
+from taskwarden.api.streams import Topic, list_stream, tree_stream
 from taskwarden.bus.local import LocalBus
 from taskwarden.engine import ProcessContext
 from taskwarden.processes import LogEntry, LogLevel, ProcessRecord, ProcessState
@@ -343,6 +345,68 @@ async def test_tree_stream_resumes_from_a_retained_id_and_snapshots_an_old_one(
     assert data(await take(fresh)) == {"type": "log-clear"}
 
 
+# ------------------------------------------------------------------ over HTTP
+class CountingStore(MemoryStore):
+    """A memory store that counts the reads made of it, whoever makes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: dict[str, int] = {"get": 0, "list": 0}
+
+    async def get(self, process_id: str) -> ProcessRecord | None:
+        self.reads["get"] += 1
+        return await super().get(process_id)
+
+    async def list(self, *args: Any, **kwargs: Any) -> list[ProcessRecord]:
+        self.reads["list"] += 1
+        return await super().list(*args, **kwargs)
+
+
+class SSEClient:
+    """Frames of one streamed response, split on blank lines, each read within a bound."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.chunks = response.aiter_text()
+        self.buffer = ""
+
+    async def next(self) -> str:
+        async with asyncio.timeout(5):
+            while "\n\n" not in self.buffer:
+                self.buffer += await anext(self.chunks)
+        text, self.buffer = self.buffer.split("\n\n", 1)
+        return text
+
+    async def next_data(self) -> list[str]:
+        """The frames of the next change: every frame up to the one with an ``id:``."""
+        out = []
+        while True:
+            text = await self.next()
+            if text.startswith((":", "retry:")):
+                continue
+            out.append(text)
+            if event_id(text) is not None:
+                return out
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """``app`` on a real uvicorn on a free loopback port (streams need one: the ASGI
+    transport buffers whole responses); yields the base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    task_ = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event
+                await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        await app.state.taskwarden.feed.close()
+        server.should_exit = True
+        await task_
+
+
 async def test_over_http_streams_carry_sse_headers_and_live_frames() -> None:
     release = asyncio.Event()
 
@@ -352,49 +416,227 @@ async def test_over_http_streams_carry_sse_headers_and_live_frames() -> None:
 
     async with started_engine(task("waits", waits)) as engine:
         app = create_app(engine.store, engine=engine, coalesce=0.01, keepalive=1.0)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
         try:
-            async with asyncio.timeout(10):
-                while not server.started:  # noqa: ASYNC110 - uvicorn offers no event
-                    await asyncio.sleep(0.01)
-                base = f"http://127.0.0.1:{port}"
-                async with (
-                    httpx.AsyncClient(base_url=base, timeout=10) as client,
-                    client.stream("GET", "/api/processes/stream") as response,
-                ):
-                    assert response.headers["content-type"].startswith("text/event-stream")
-                    assert response.headers["cache-control"] == "no-cache"
-                    assert response.headers["x-accel-buffering"] == "no"
-                    assert "content-encoding" not in response.headers
-                    frames = response.aiter_text()
-                    buffer = ""
-
-                    async def next_frame() -> str:
-                        nonlocal buffer
-                        while "\n\n" not in buffer:
-                            buffer += await anext(frames)
-                        text, buffer = buffer.split("\n\n", 1)
-                        return text
-
-                    assert (await next_frame()).startswith("retry: 3000")
-                    snapshot = data(await next_frame())
-                    assert snapshot["processes"][0]["status"]["state"] == "idle"
-                    launched = await client.post("/api/processes/waits/launch")
-                    assert launched.status_code == 200
-                    while True:
-                        text = await next_frame()
-                        if text.startswith(":"):
-                            continue
-                        rows = data(text)["processes"]
-                        if rows[0]["status"]["state"] == "running":
-                            break
-            release.set()
+            async with (
+                asyncio.timeout(10),
+                serving(app) as base,
+                httpx.AsyncClient(base_url=base, timeout=10) as client,
+                client.stream("GET", "/api/processes/stream") as response,
+            ):
+                assert response.headers["content-type"].startswith("text/event-stream")
+                assert response.headers["cache-control"] == "no-cache"
+                assert response.headers["x-accel-buffering"] == "no"
+                assert "content-encoding" not in response.headers
+                sse = SSEClient(response)
+                assert (await sse.next()).startswith("retry: 3000")
+                snapshot = data(await sse.next())
+                assert snapshot["processes"][0]["status"]["state"] == "idle"
+                launched = await client.post("/api/processes/waits/launch")
+                assert launched.status_code == 200
+                while True:
+                    text = await sse.next()
+                    if text.startswith(":"):
+                        continue
+                    rows = data(text)["processes"]
+                    if rows[0]["status"]["state"] == "running":
+                        break
         finally:
             release.set()
-            await app.state.taskwarden.feed.close()
-            server.should_exit = True
-            await serving
+
+
+# ------------------------------------------------------------------ the multiplexed stream
+def frames_of(chunk: str) -> list[str]:
+    """The SSE frames in a chunk of a stream (a multiplexed change is one chunk)."""
+    return [text for text in chunk.split("\n\n") if text]
+
+
+def topics_and_types(chunk: str) -> list[tuple[str | None, str]]:
+    return [(data(text).get("topic"), data(text)["type"]) for text in frames_of(chunk)]
+
+
+def ids_of(chunk: str) -> list[int | None]:
+    return [event_id(text) for text in frames_of(chunk)]
+
+
+async def test_multiplexed_stream_snapshots_every_topic_then_sends_frames_named_by_topic(
+    feed: Broadcaster, store: MemoryStore
+) -> None:
+    await store.update_progress("root.kid", None, None, [entry("kid says", 1)])
+    feed.notify("root.kid")
+    await next_change(feed.subscribe())  # seq 1
+
+    topics = parse_topics(["processes", "tree:root", "processes"], feed)
+    assert [t.name for t in topics] == ["processes", "tree:root"]
+    stream = multiplexed_stream(feed, topics, keepalive=0.05)
+    assert (await take(stream)) == "retry: 3000\n\n"
+    snapshot = await take(stream)
+    assert topics_and_types(snapshot) == [
+        ("processes", "update"),
+        ("tree:root", "log-clear"),
+        ("tree:root", "update"),
+        ("tree:root", "log"),
+    ]
+    assert ids_of(snapshot) == [None, None, None, 1]  # the id closes the whole snapshot
+    listed, _, rows, log = (data(text) for text in frames_of(snapshot))
+    assert [p["processId"] for p in listed["processes"]] == ["other", "root", "root.kid"]
+    assert [p["processId"] for p in rows["processes"]] == ["root", "root.kid"]
+    assert [e["message"] for e in log["entries"]] == ["kid says"]
+
+    await store.update_progress("root.kid", 60, None, [entry("kid again", 2)])
+    feed.notify("root.kid")
+    change = await take(stream)
+    assert topics_and_types(change) == [
+        ("processes", "update"),
+        ("tree:root", "update"),
+        ("tree:root", "log"),
+    ]
+    assert ids_of(change) == [None, None, 2]
+    assert [e["message"] for e in data(frames_of(change)[2])["entries"]] == ["kid again"]
+
+    await store.update_progress("other", 10, "outside the tree")
+    feed.notify("other")
+    outside = await take(stream)
+    assert topics_and_types(outside) == [("processes", "update")]
+    assert ids_of(outside) == [3]
+
+    assert (await take(stream)) == ": keepalive\n\n"
+    await feed.close()
+    assert data(await take(stream)) == {"type": "shutdown"}
+    with pytest.raises(StopAsyncIteration):
+        await take(stream)
+
+
+async def test_multiplexed_stream_resumes_every_topic_from_the_last_event_id(
+    feed: Broadcaster, store: MemoryStore
+) -> None:
+    watcher = feed.subscribe()
+    await store.update_progress("root", None, None, [entry("seen", 1)])
+    feed.notify("root")
+    await next_change(watcher)  # seq 1: the client saw this
+    await store.update_progress("root", 20, None, [entry("missed", 2)])
+    feed.notify("root")
+    await next_change(watcher)  # seq 2: the client was away
+
+    def topics() -> list[Topic]:
+        return parse_topics(["processes", "tree:root"], feed)
+
+    resumed = multiplexed_stream(feed, topics(), last_event_id=1, keepalive=0.05)
+    await take(resumed)
+    replay = await take(resumed)
+    assert topics_and_types(replay) == [
+        ("processes", "update"),
+        ("tree:root", "update"),
+        ("tree:root", "log"),
+    ]
+    assert ids_of(replay)[-1] == 2
+    assert [e["message"] for e in data(frames_of(replay)[2])["entries"]] == ["missed"]
+
+    current = multiplexed_stream(feed, topics(), last_event_id=2, keepalive=0.05)
+    await take(current)
+    assert (await take(current)) == ": keepalive\n\n"  # up to date: nothing to send
+
+    for step in range(5):  # retain is 4: seq 1 falls out
+        await store.update_progress("root", step, None)
+        feed.notify("root")
+        await next_change(watcher)
+    too_old = multiplexed_stream(feed, topics(), last_event_id=1, keepalive=0.05)
+    await take(too_old)
+    fresh = await take(too_old)
+    assert topics_and_types(fresh)[:2] == [("processes", "update"), ("tree:root", "log-clear")]
+    assert ids_of(fresh)[-1] == 7
+
+
+async def test_a_multiplexed_client_that_falls_behind_gets_one_snapshot_and_no_repeats(
+    feed: Broadcaster, store: MemoryStore
+) -> None:
+    stream = multiplexed_stream(feed, parse_topics(["processes", "tree:root"], feed))
+    await take(stream)
+    await take(stream)  # the snapshot; the stream then reads nothing for a while
+    watcher = feed.subscribe()
+    for step in range(12):  # queue_size is 8
+        await store.update_progress("root", step, None, [entry(f"step {step}", step)])
+        feed.notify("root")
+        await next_change(watcher)
+    resync = await take(stream)
+    assert topics_and_types(resync)[:2] == [("processes", "update"), ("tree:root", "log-clear")]
+    assert ids_of(resync)[-1] == 12
+    log = data(frames_of(resync)[-1])
+    assert [e["message"] for e in log["entries"]] == [f"step {n}" for n in range(12)]
+    # The changes the snapshot already holds are not sent again.
+    await store.update_progress("root", 99, None, [entry("after", 20)])
+    feed.notify("root")
+    after = await take(stream)
+    assert ids_of(after)[-1] == 13
+    assert [e["message"] for e in data(frames_of(after)[-1])["entries"]] == ["after"]
+
+
+def test_topics_must_be_known_and_few() -> None:
+    from taskwarden.errors import ConfigurationError
+
+    feed = Broadcaster(MemoryStore(), poll_interval=None)
+    with pytest.raises(ConfigurationError, match="'trees:x' is unknown"):
+        parse_topics(["processes", "trees:x"], feed)
+    with pytest.raises(ConfigurationError, match="no topic"):
+        parse_topics([], feed)
+    with pytest.raises(ConfigurationError, match="'tree:' is unknown"):
+        parse_topics(["tree:"], feed)
+    with pytest.raises(ConfigurationError, match="16 at most"):
+        parse_topics([f"tree:p{n}" for n in range(17)], feed)
+    assert parse_topics(["tree:a:b,c"], feed)[0].name == "tree:a:b,c"
+
+
+async def test_over_http_n_multiplexed_clients_cost_the_store_what_one_does() -> None:
+    store = CountingStore()
+    async with store:
+        await store.create(ProcessRecord(process_id="root", name="Root"))
+        await store.create(
+            ProcessRecord(process_id="root.kid", name="Kid", parent_id="root", root_id="root")
+        )
+        app = create_app(store, poll_interval=3600, coalesce=0.01, keepalive=0.2)
+        feed: Broadcaster = app.state.taskwarden.feed
+        async with serving(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+            refused = await client.get("/api/stream", params={"topic": "nope"})
+            assert refused.status_code == 400 and "'nope' is unknown" in refused.json()["message"]
+            query = {"topic": ["processes", "tree:root"]}
+            async with contextlib.AsyncExitStack() as streams:
+                responses = [
+                    await streams.enter_async_context(
+                        client.stream("GET", "/api/stream", params=query)
+                    )
+                    for _ in range(10)
+                ]
+                headers = responses[0].headers
+                assert headers["content-type"].startswith("text/event-stream")
+                assert headers["cache-control"] == "no-cache"
+                assert headers["x-accel-buffering"] == "no"
+                assert "content-encoding" not in headers
+                clients = [SSEClient(response) for response in responses]
+                assert (await clients[0].next()) == "retry: 3000"
+                for sse in clients:
+                    snapshot = await sse.next_data()
+                    assert [data(t).get("topic") for t in snapshot] == ["processes"] + [
+                        "tree:root"
+                    ] * 3
+                reads = dict(store.reads)
+                assert reads == {"get": 0, "list": 1}  # the feed's start; no client read
+
+                await store.update_progress("root.kid", 40, "forty")
+                feed.notify("root.kid")
+                for sse in clients:
+                    frames = await sse.next_data()
+                    rows = data(frames[-1])["processes"]
+                    assert data(frames[-1])["topic"] == "tree:root"
+                    assert rows[1]["progress"] == {"percent": 40.0, "message": "forty"}
+                assert store.reads == {"get": 1, "list": 1}  # one read for ten clients
+                assert feed.subscribers == 10
+
+            # The Last-Event-ID header (a browser's reconnect) wins over a stale query id.
+            async with client.stream(
+                "GET",
+                "/api/stream",
+                params={"topic": "processes", "lastEventId": "0"},
+                headers={"Last-Event-ID": str(feed.seq)},
+            ) as response:
+                sse = SSEClient(response)
+                assert (await sse.next()) == "retry: 3000"
+                assert (await sse.next()) == ": keepalive"

@@ -14,6 +14,7 @@ from taskwarden.api.auth import Authenticate, require_role, resolve_authenticate
 from taskwarden.api.broadcaster import Broadcaster
 from taskwarden.api.commands import CommandRefused, Commands
 from taskwarden.api.health import Metrics, health_router, metrics_router
+from taskwarden.api.multiplex import stream_router
 from taskwarden.api.routes import NotFound, Service, router
 from taskwarden.api.web import web_router
 from taskwarden.errors import ConfigurationError, StoreError
@@ -94,6 +95,7 @@ def create_app(
     app.state.taskwarden_metrics = Metrics(feed)
     guard = [Depends(require_role(check))]
     app.include_router(router, dependencies=guard)
+    app.include_router(stream_router, dependencies=guard)
     app.include_router(health_router)
     app.include_router(metrics_router, dependencies=guard)
     app.include_router(web_router)

@@ -7,14 +7,20 @@ that is a resume point (the broadcaster's change number), resumption from
 ``Last-Event-ID`` or ``?lastEventId=`` (a fresh snapshot when the id is too old), a
 ``: keepalive`` comment when a stream has been idle for ``keepalive`` seconds, and a last
 ``{"type": "shutdown"}`` frame when the server stops.
+
+What a stream shows is a *topic*: :class:`ListTopic` (every process) or :class:`TreeTopic`
+(one process and its descendants, with their logs). A topic turns the feed's cache and its
+changes into frames; the streams of optio's routes carry one topic each, and the
+multiplexed stream (:mod:`taskwarden.api.multiplex`) carries several in one connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from taskwarden.documents import process_document
 
@@ -23,7 +29,15 @@ if TYPE_CHECKING:
     from taskwarden.api.filters import MetadataPredicate
     from taskwarden.processes import ProcessRecord
 
-__all__ = ["STREAM_HEADERS", "list_stream", "parse_last_event_id", "tree_stream"]
+__all__ = [
+    "STREAM_HEADERS",
+    "ListTopic",
+    "Topic",
+    "TreeTopic",
+    "list_stream",
+    "parse_last_event_id",
+    "tree_stream",
+]
 
 STREAM_HEADERS = {
     "Cache-Control": "no-cache",
@@ -31,6 +45,12 @@ STREAM_HEADERS = {
     "Connection": "keep-alive",
 }
 RETRY_MS = 3000
+
+Payload = dict[str, Any]
+Frames = list[tuple[Payload, int | None]]
+"""A topic's frames: each payload with the ``id:`` it carries in a single-topic stream."""
+Batch = tuple[int, list[tuple["Topic", Frames]]]
+"""The frames of every topic for one change, with the change number they bring a client to."""
 
 
 def frame(payload: dict[str, Any], event_id: int | None = None) -> str:
@@ -54,6 +74,169 @@ def summary(record: ProcessRecord) -> dict[str, Any]:
     doc = process_document(record)
     del doc["log"]
     return doc
+
+
+class Topic(Protocol):
+    """What a stream shows, as frames computed from the feed's cache (never the store).
+
+    A topic is one client's: it may remember what it sent. Every method is synchronous,
+    so a stream builds its first frames right after subscribing, with no change between.
+    """
+
+    @property
+    def name(self) -> str:
+        """The topic as a multiplexed stream's client names it (``processes``, ``tree:ID``)."""
+        ...
+
+    def snapshot(self, seq: int) -> Frames:
+        """Frames that replace whatever the client shows by the state as of ``seq``."""
+        ...
+
+    def resume(self, replay: list[Change] | None, seq: int) -> Frames:
+        """The first frames for a client that has seen the changes up to some id:
+        ``replay`` is what it missed (None when unknown or too old, ``[]`` when it is up
+        to date); ``seq`` is the feed's current change number."""
+        ...
+
+    def apply(self, change: Change) -> Frames:
+        """The frames of a live change (none when the change does not touch the topic)."""
+        ...
+
+
+class ListTopic:
+    """Every process, filtered by metadata: each ``update`` frame is the whole list."""
+
+    name = "processes"
+
+    def __init__(self, feed: Broadcaster, predicate: MetadataPredicate | None) -> None:
+        self.feed = feed
+        self.predicate = predicate
+        self._shown: set[str] = set()
+
+    def _rows(self) -> list[dict[str, Any]]:
+        records = sorted(self.feed.records.values(), key=lambda r: (r.depth, r.order, r.process_id))
+        return [summary(r) for r in records if self.predicate is None or self.predicate(r.metadata)]
+
+    def _ids(self) -> set[str]:
+        return {
+            r.process_id
+            for r in self.feed.records.values()
+            if self.predicate is None or self.predicate(r.metadata)
+        }
+
+    def snapshot(self, seq: int) -> Frames:
+        """One ``update`` with the whole filtered list."""
+        self._shown = self._ids()
+        return [({"type": "update", "processes": self._rows()}, seq)]
+
+    def resume(self, replay: list[Change] | None, seq: int) -> Frames:
+        """Nothing when the client is up to date, else the whole list (every frame is)."""
+        if replay != []:
+            return self.snapshot(seq)
+        self._shown = self._ids()
+        return []
+
+    def apply(self, change: Change) -> Frames:
+        """The whole list again when the change touched a process shown or now to show."""
+        now = self._ids()
+        if not change.touches(now | self._shown):
+            return []
+        self._shown = now
+        return [({"type": "update", "processes": self._rows()}, self.feed.seq)]
+
+
+class TreeTopic:
+    """One process and its descendants down to ``max_depth`` levels, with their logs.
+
+    ``update`` carries every row of the subtree; ``log`` carries the entries the subtree's
+    logs gained, each with ``processId`` and ``processLabel``; ``log-clear`` says a log was
+    reset (the client drops what it shows, and the entries that follow rebuild it).
+    """
+
+    def __init__(self, feed: Broadcaster, root_id: str, max_depth: int | None) -> None:
+        self.feed = feed
+        self.root_id = root_id
+        self.max_depth = max_depth
+
+    @property
+    def name(self) -> str:
+        """``tree:<process id>``."""
+        return f"tree:{self.root_id}"
+
+    def _members(self) -> list[ProcessRecord]:
+        root = self.feed.records.get(self.root_id)
+        if root is None:
+            return []
+        family = [r for r in self.feed.records.values() if r.root_id == root.root_id]
+        children: dict[str | None, list[ProcessRecord]] = {}
+        for record in family:
+            children.setdefault(record.parent_id, []).append(record)
+        found, frontier = [root], [root]
+        while frontier:
+            following: list[ProcessRecord] = []
+            for node in frontier:
+                if self.max_depth is None or node.depth - root.depth < self.max_depth:
+                    following.extend(
+                        sorted(
+                            children.get(node.process_id, ()),
+                            key=lambda r: (r.order, r.process_id),
+                        )
+                    )
+            found.extend(following)
+            frontier = following
+        return found
+
+    @staticmethod
+    def _entries(pairs: Iterable[tuple[ProcessRecord, Iterable[Any]]]) -> list[dict[str, Any]]:
+        out = []
+        for record, log in pairs:
+            for entry in log:
+                doc = entry.to_document()
+                doc["processId"] = record.process_id
+                doc["processLabel"] = record.name
+                out.append((entry.timestamp, doc))
+        out.sort(key=lambda item: item[0])
+        return [doc for _, doc in out]
+
+    def _snapshot(self, seq: int, nodes: list[ProcessRecord]) -> Frames:
+        return [
+            ({"type": "log-clear"}, None),
+            ({"type": "update", "processes": [summary(r) for r in nodes]}, seq),
+            ({"type": "log", "entries": self._entries((r, r.log) for r in nodes)}, seq),
+        ]
+
+    def _delta(self, change: Change, nodes: list[ProcessRecord]) -> Frames:
+        in_tree = {r.process_id for r in nodes}
+        touched = [
+            p
+            for p in change.processes
+            if p.process_id in in_tree
+            or (p.previous is not None and p.previous.root_id == self.root_id)
+        ]
+        if not touched:
+            return []
+        if any(p.log_cleared for p in touched):
+            return self._snapshot(change.seq, nodes)
+        out: Frames = [({"type": "update", "processes": [summary(r) for r in nodes]}, change.seq)]
+        gained = self._entries((p.record, p.new_log) for p in touched if p.record is not None)
+        if gained:
+            out.append(({"type": "log", "entries": gained}, change.seq))
+        return out
+
+    def snapshot(self, seq: int) -> Frames:
+        """``log-clear``, the subtree's rows, then its whole merged log."""
+        return self._snapshot(seq, self._members())
+
+    def resume(self, replay: list[Change] | None, seq: int) -> Frames:
+        """The frames of the missed changes, or a snapshot when they are not retained."""
+        nodes = self._members()
+        if replay is None:
+            return self._snapshot(seq, nodes)
+        return [item for change in replay for item in self._delta(change, nodes)]
+
+    def apply(self, change: Change) -> Frames:
+        """The subtree's rows and the entries it gained, when the change touched it."""
+        return self._delta(change, self._members())
 
 
 KEEPALIVE = "keepalive"
@@ -84,7 +267,65 @@ async def _changes(subscription: Subscription, keepalive: float) -> AsyncIterato
         subscription.close()
 
 
-async def list_stream(
+async def live_frames(
+    feed: Broadcaster,
+    topics: Iterable[Topic],
+    *,
+    last_event_id: int | None,
+    keepalive: float,
+) -> AsyncGenerator[Batch | None, None]:
+    """The frames of ``topics`` in batches, each with the change number it brings the
+    client to: first the snapshot or the replay, then one batch per live change or
+    resynchronisation. None is a keepalive. It ends when the feed closes.
+
+    Changes already covered by a snapshot are skipped, so a log entry is never sent twice.
+    """
+    chosen = list(topics)
+    # Subscribe, then build the first frames, with no await in between: no change is lost
+    # and none is sent twice (live changes up to ``baseline`` are in the first frames).
+    subscription = feed.subscribe()
+    baseline = feed.seq
+    replay = feed.since(last_event_id) if last_event_id is not None else None
+    yield baseline, [(topic, topic.resume(replay, baseline)) for topic in chosen]
+    async for live in _changes(subscription, keepalive):
+        if live == KEEPALIVE:
+            yield None
+        elif live == RESYNC:
+            baseline = feed.seq
+            yield baseline, [(topic, topic.snapshot(baseline)) for topic in chosen]
+        elif not isinstance(live, str) and live.seq > baseline:
+            yield live.seq, [(topic, topic.apply(live)) for topic in chosen]
+
+
+async def topic_stream(
+    feed: Broadcaster,
+    topic: Topic,
+    *,
+    last_event_id: int | None = None,
+    keepalive: float = 15.0,
+) -> AsyncIterator[str]:
+    """One topic as optio's stream: each frame with its own ``id:``."""
+    async with contextlib.aclosing(
+        live_frames(feed, [topic], last_event_id=last_event_id, keepalive=keepalive)
+    ) as batches:
+        first = await anext(batches)  # subscribed, and the snapshot taken, as the response starts
+        yield f"retry: {RETRY_MS}\n\n"
+        batch: Batch | None = first
+        while True:
+            if batch is None:
+                yield ": keepalive\n\n"
+            else:
+                for _, frames in batch[1]:
+                    for payload, event_id in frames:
+                        yield frame(payload, event_id)
+            try:
+                batch = await anext(batches)
+            except StopAsyncIteration:
+                break
+    yield frame({"type": "shutdown"})
+
+
+def list_stream(
     feed: Broadcaster,
     predicate: MetadataPredicate | None,
     *,
@@ -92,44 +333,12 @@ async def list_stream(
     keepalive: float = 15.0,
 ) -> AsyncIterator[str]:
     """``GET /api/processes/stream``: every ``update`` frame is the whole filtered list."""
-
-    def rows() -> list[dict[str, Any]]:
-        return [
-            summary(r)
-            for r in sorted(feed.records.values(), key=lambda r: (r.depth, r.order, r.process_id))
-            if predicate is None or predicate(r.metadata)
-        ]
-
-    def ids() -> set[str]:
-        return {
-            r.process_id
-            for r in feed.records.values()
-            if predicate is None or predicate(r.metadata)
-        }
-
-    # Subscribe, then build the first frame, with no await in between: no change is lost.
-    subscription = feed.subscribe()
-    baseline = feed.seq
-    up_to_date = last_event_id is not None and feed.since(last_event_id) == []
-    first = None if up_to_date else frame({"type": "update", "processes": rows()}, baseline)
-    shown = ids()
-    yield f"retry: {RETRY_MS}\n\n"
-    if first is not None:
-        yield first
-    async for change in _changes(subscription, keepalive):
-        if not isinstance(change, str) and change.seq <= baseline:
-            continue
-        if change == KEEPALIVE:
-            yield ": keepalive\n\n"
-            continue
-        now = ids()
-        if change == RESYNC or (not isinstance(change, str) and change.touches(now | shown)):
-            shown = now
-            yield frame({"type": "update", "processes": rows()}, feed.seq)
-    yield frame({"type": "shutdown"})
+    return topic_stream(
+        feed, ListTopic(feed, predicate), last_event_id=last_event_id, keepalive=keepalive
+    )
 
 
-async def tree_stream(
+def tree_stream(
     feed: Broadcaster,
     root_id: str,
     max_depth: int | None,
@@ -137,94 +346,11 @@ async def tree_stream(
     last_event_id: int | None = None,
     keepalive: float = 15.0,
 ) -> AsyncIterator[str]:
-    """``GET /api/processes/{id}/tree/stream``: the subtree's rows, then its log.
-
-    ``update`` carries every row of the subtree; ``log`` carries the entries the subtree's
-    logs gained, each with ``processId`` and ``processLabel``; ``log-clear`` says a log was
-    reset (the client drops what it shows, and the entries that follow rebuild it).
-    """
-
-    def members() -> list[ProcessRecord]:
-        root = feed.records.get(root_id)
-        if root is None:
-            return []
-        family = [r for r in feed.records.values() if r.root_id == root.root_id]
-        children: dict[str | None, list[ProcessRecord]] = {}
-        for record in family:
-            children.setdefault(record.parent_id, []).append(record)
-        found, frontier = [root], [root]
-        while frontier:
-            following: list[ProcessRecord] = []
-            for node in frontier:
-                if max_depth is None or node.depth - root.depth < max_depth:
-                    following.extend(
-                        sorted(
-                            children.get(node.process_id, ()),
-                            key=lambda r: (r.order, r.process_id),
-                        )
-                    )
-            found.extend(following)
-            frontier = following
-        return found
-
-    def entries(pairs: Iterable[tuple[ProcessRecord, Iterable[Any]]]) -> list[dict[str, Any]]:
-        out = []
-        for record, log in pairs:
-            for entry in log:
-                doc = entry.to_document()
-                doc["processId"] = record.process_id
-                doc["processLabel"] = record.name
-                out.append((entry.timestamp, doc))
-        out.sort(key=lambda item: item[0])
-        return [doc for _, doc in out]
-
-    def snapshot(seq: int) -> Iterable[str]:
-        nodes = members()
-        yield frame({"type": "log-clear"})
-        yield frame({"type": "update", "processes": [summary(r) for r in nodes]}, seq)
-        yield frame({"type": "log", "entries": entries((r, r.log) for r in nodes)}, seq)
-
-    def delta(change: Change, nodes: list[ProcessRecord]) -> Iterable[str]:
-        in_tree = {r.process_id for r in nodes}
-        touched = [
-            p
-            for p in change.processes
-            if p.process_id in in_tree or (p.previous is not None and p.previous.root_id == root_id)
-        ]
-        if not touched:
-            return
-        if any(p.log_cleared for p in touched):
-            yield from snapshot(change.seq)
-            return
-        yield frame({"type": "update", "processes": [summary(r) for r in nodes]}, change.seq)
-        gained = entries((p.record, p.new_log) for p in touched if p.record is not None)
-        if gained:
-            yield frame({"type": "log", "entries": gained}, change.seq)
-
-    # Subscribe, then build the first frames, with no await in between: no change is lost
-    # and none is sent twice (live changes up to ``baseline`` are in the first frames).
-    subscription = feed.subscribe()
-    baseline = feed.seq
-    replay = feed.since(last_event_id) if last_event_id is not None else None
-    nodes = members()
-    if replay is None:
-        first = list(snapshot(baseline))
-    else:
-        first = [text for change in replay for text in delta(change, nodes)]
-    yield f"retry: {RETRY_MS}\n\n"
-    for text in first:
-        yield text
-    async for live in _changes(subscription, keepalive):
-        if not isinstance(live, str) and live.seq <= baseline:
-            continue
-        if live == KEEPALIVE:
-            yield ": keepalive\n\n"
-            continue
-        if isinstance(live, str):
-            for text in snapshot(feed.seq):
-                yield text
-            continue
-        nodes = members()
-        for text in delta(live, nodes):
-            yield text
-    yield frame({"type": "shutdown"})
+    """``GET /api/processes/{id}/tree/stream``: the subtree's rows, then its log
+    (see :class:`TreeTopic`)."""
+    return topic_stream(
+        feed,
+        TreeTopic(feed, root_id, max_depth),
+        last_event_id=last_event_id,
+        keepalive=keepalive,
+    )

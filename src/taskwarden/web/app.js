@@ -1,5 +1,6 @@
-// The taskwarden dashboard: no build step, no dependencies. Two event streams at most:
-// the process list, and the tree of the process being looked at.
+// The taskwarden dashboard: no build step, no dependencies. One event stream per page
+// (browsers allow about six connections per origin): api/stream carries the process list
+// and the tree of the process being looked at, each frame naming its topic.
 "use strict";
 
 const PAGE_SIZE = 50;
@@ -14,8 +15,8 @@ const view = {
   page: 0,
   selected: null,
   tree: new Map(),    // processId -> row of the open tree
-  listStream: null,
-  treeStream: null,
+  stream: null,       // the page's one EventSource
+  listData: null,     // the last list frame as received
 };
 
 function el(tag, attrs, ...children) {
@@ -120,15 +121,34 @@ function onListFrame(frame) {
   render();
 }
 
-function connectList() {
-  const stream = new EventSource("api/processes/stream");
-  view.listStream = stream;
+function treeTopic() {
+  return view.selected === null ? null : `tree:${view.selected}`;
+}
+
+function onFrame(frame, raw) {
+  if (frame.topic === "processes") {
+    if (raw === view.listData) return;  // a new stream's snapshot of the list already shown
+    view.listData = raw;
+    onListFrame(frame);
+  }
+  else if (frame.topic !== undefined && frame.topic === treeTopic()) onTreeFrame(frame);
+  else if (frame.type === "shutdown") setConnection(false);
+}
+
+// The topics are in the URL, so a browser's own reconnect resumes the same ones; showing
+// another process closes the stream and opens one for the new topics (a fresh snapshot).
+function connect() {
+  if (view.stream) view.stream.close();
+  const topics = ["processes"];
+  if (treeTopic() !== null) topics.push(treeTopic());
+  const stream = new EventSource(`api/stream?${topics.map((t) => `topic=${encodeURIComponent(t)}`).join("&")}`);
+  view.stream = stream;
   stream.onopen = () => setConnection(true);
   stream.onerror = () => {
     setConnection(false);
     checkAuth();
   };
-  stream.onmessage = (event) => onListFrame(JSON.parse(event.data));
+  stream.onmessage = (event) => onFrame(JSON.parse(event.data), event.data);
 }
 
 function togglePause() {
@@ -168,6 +188,8 @@ function renderTree() {
   const root = view.tree.get(view.selected);
   if (root) {
     $("detail-title").textContent = root.name;
+    $("warning").textContent = root.warning || "";
+    $("warning").hidden = !root.warning;
     const state = root.status.state;
     $("launch").disabled = !["idle", "done", "failed", "cancelled"].includes(state);
     $("cancel").disabled = !root.cancellable || !["scheduled", "running"].includes(state);
@@ -194,29 +216,44 @@ function onTreeFrame(frame) {
 }
 
 function openTree(processId) {
-  if (view.treeStream) view.treeStream.close();
+  if (processId === view.selected) return;
   view.selected = processId;
   view.tree = new Map();
   $("log").replaceChildren();
   $("command-result").textContent = "";
+  $("detail-title").textContent = "";
+  $("warning").hidden = true;
+  for (const verb of ["launch", "cancel", "dismiss"]) $(verb).disabled = true;  // until its rows arrive
   $("detail").hidden = false;
   renderRows();
-  const stream = new EventSource(`api/processes/${encodeURIComponent(processId)}/tree/stream`);
-  view.treeStream = stream;
-  stream.onmessage = (event) => onTreeFrame(JSON.parse(event.data));
+  connect();
 }
 
 function closeTree() {
-  if (view.treeStream) view.treeStream.close();
-  view.treeStream = null;
   view.selected = null;
+  view.tree = new Map();
   $("detail").hidden = true;
   renderRows();
+  connect();
+}
+
+// A launch of a process with a warning, and every cancel, ask first.
+function confirmed(verb) {
+  const proc = view.tree.get(view.selected) || view.processes.find((p) => p.processId === view.selected);
+  if (!proc) return false;
+  if (verb === "launch") return !proc.warning || window.confirm(`${proc.warning}\n\nLaunch ${proc.name}?`);
+  if (verb === "cancel") return window.confirm(`Cancel ${proc.name}?`);
+  return true;
 }
 
 async function command(verb) {
   const id = view.selected;
   if (!id) return;
+  if (!confirmed(verb)) {
+    $("command-result").textContent = `${verb} not sent: not confirmed`;
+    return;
+  }
+  $("command-result").textContent = "";
   const response = await fetch(`api/processes/${encodeURIComponent(id)}/${verb}`, { method: "POST" });
   const body = await response.json().catch(() => ({}));
   $("command-result").textContent = response.ok ? "" : `${verb} refused: ${body.reason || response.status} – ${body.message || ""}`;
@@ -232,8 +269,7 @@ function signIn(event) {
   event.preventDefault();
   document.cookie = `taskwarden_token=${encodeURIComponent($("token").value)}; path=/; SameSite=Strict`;
   $("login").hidden = true;
-  if (view.listStream) view.listStream.close();
-  connectList();
+  connect();
 }
 
 // ------------------------------------------------------------------ start
@@ -258,4 +294,4 @@ setInterval(() => {  // live elapsed times between frames
     if (node) node.textContent = elapsed(row);
   }
 }, 1000);
-connectList();
+connect();
