@@ -15,13 +15,16 @@ from taskwarden.api.broadcaster import Broadcaster
 from taskwarden.api.commands import CommandRefused, Commands
 from taskwarden.api.health import Metrics, health_router, metrics_router
 from taskwarden.api.multiplex import stream_router
+from taskwarden.api.operations import LiveView, operations_router
 from taskwarden.api.routes import NotFound, Service, router
 from taskwarden.api.web import web_router
 from taskwarden.errors import ConfigurationError, StoreError
+from taskwarden.registry import OperationRegistry
 
 if TYPE_CHECKING:
     from taskwarden.abc import Bus, Store
     from taskwarden.engine import Engine
+    from taskwarden.supervisor import Supervisor
 
 __all__ = ["create_app"]
 
@@ -37,6 +40,8 @@ def create_app(
     poll_interval: float = 1.0,
     coalesce: float = 0.25,
     keepalive: float = 15.0,
+    supervisor: Supervisor | None = None,
+    registry: OperationRegistry | None = None,
 ) -> FastAPI:
     """The service over ``store``: optio's REST routes and streams, taskwarden's own.
 
@@ -52,6 +57,9 @@ def create_app(
         authenticate: your own check (see :mod:`taskwarden.api.auth`). Neither: open.
         coalesce: changes arriving within this many seconds are sent as one frame.
         keepalive: idle seconds before a stream sends a keepalive comment.
+        supervisor: a supervisor in this process: ``GET /api/supervisor`` shows its tasks.
+        registry: whose live operations ``/api/operations`` shows for this process
+            (default: the engine's, else the process-wide registry).
 
     The app's change feed starts with the first stream (or at the app's startup when it
     is run, not mounted) and stops at its shutdown; a host that mounts the app and has
@@ -92,9 +100,15 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.taskwarden = service
+    if registry is None:
+        registry = engine.registry if engine is not None else OperationRegistry.get_instance()
+    app.state.taskwarden_live = LiveView(
+        store=store, registry=registry, bus=bus, prefix=prefix, supervisor=supervisor
+    )
     app.state.taskwarden_metrics = Metrics(feed)
     guard = [Depends(require_role(check))]
     app.include_router(router, dependencies=guard)
+    app.include_router(operations_router, dependencies=guard)
     app.include_router(stream_router, dependencies=guard)
     app.include_router(health_router)
     app.include_router(metrics_router, dependencies=guard)

@@ -344,6 +344,10 @@ class Supervisor:
             live = Liveness(watched.state, watched.started_at, watched.config.restart_window)
         return self._book.health(name, live)
 
+    def task_names(self) -> list[str]:
+        """Every task the supervisor knows (critical or recorded), sorted."""
+        return sorted(self._book.names())
+
     def get_task_statistics(self) -> dict[str, Any]:
         """Counts over every known task: health, categories, priorities, states, totals."""
         healthy = unhealthy = restarts = errors = 0

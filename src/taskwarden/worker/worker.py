@@ -39,6 +39,7 @@ from taskwarden.engine.engine import GetTaskDefinitions
 from taskwarden.errors import ConfigurationError, InvalidTransition, ProcessNotFound
 from taskwarden.model import OperationStatus, RunRecord, WorkerRecord
 from taskwarden.processes import ProcessRecord, ProcessState
+from taskwarden.remote_ops import serve_operations
 from taskwarden.worker.client import wake_topic
 from taskwarden.worker.notify import NotifyListener
 
@@ -175,6 +176,7 @@ class Worker:
         self._remote: Any = None
         self._wake_watch: BusSubscription | None = None
         self._notify: NotifyListener | None = None
+        self._ops_topics: list[str] = []
         self._cancels: set[asyncio.Task[Any]] = set()
         self._last_renewal = time.monotonic()
         self._stop_requested = asyncio.Event()
@@ -208,6 +210,10 @@ class Worker:
             self._wake_watch = self.bus.subscribe(wake_topic(self.prefix), max_buffer=100)
             await self._wake_watch.start()
             self._tasks.append(loop.create_task(self._watch_wakes(self._wake_watch)))
+            # Its live operations (the API's /api/operations), answered under its incarnation.
+            self._ops_topics = await serve_operations(
+                self.bus, self.engine.registry, node=self.incarnation, prefix=self.prefix
+            )
         else:
             await self._listen_for_notify()
         self._tasks += [
@@ -344,6 +350,11 @@ class Worker:
         if self._notify is not None:
             await self._notify.close()
             self._notify = None
+        topics, self._ops_topics = self._ops_topics, []
+        for topic in topics:
+            if self.bus is not None:
+                with contextlib.suppress(Exception):
+                    await self.bus.unserve(topic)
 
     async def _close(self) -> None:
         if self._store_url is not None:
