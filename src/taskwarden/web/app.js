@@ -1,12 +1,15 @@
 // The taskwarden dashboard: no build step, no dependencies. One event stream per page
 // (browsers allow about six connections per origin): api/stream carries the process list
-// and the tree of the process being looked at, each frame naming its topic.
-"use strict";
+// and the tree of the process being looked at, each frame naming its topic. The other
+// panels (history.js, fleet.js) read their routes: on a change the stream shows, or on a
+// slow poll of one cheap route each.
+import { $, el, api, ask, badge, progressBar, refusal, session, setRole, probeRole, initTheme, TERMINAL } from "./util.js";
+import { onProcesses, startHistory, historyOf } from "./history.js";
+import { onWorkers, servedBy, startFleet, tickFleet } from "./fleet.js";
 
 const PAGE_SIZE = 50;
-const TERMINAL = new Set(["done", "failed", "cancelled"]);
 const STATES = ["idle", "scheduled", "running", "cancel_requested", "cancelling", "done", "failed", "cancelled"];
-const $ = (id) => document.getElementById(id);
+const CANCELLABLE = ["scheduled", "running"];
 
 const view = {
   processes: [],      // the last snapshot shown
@@ -17,20 +20,8 @@ const view = {
   tree: new Map(),    // processId -> row of the open tree
   stream: null,       // the page's one EventSource
   listData: null,     // the last list frame as received
+  started: false,     // the panels' polls run
 };
-
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs || {})) {
-    if (key === "class") node.className = value;
-    else if (key.startsWith("data-")) node.setAttribute(key, value);
-    else node[key] = value;
-  }
-  for (const child of children) {
-    if (child !== null && child !== undefined) node.append(child);
-  }
-  return node;
-}
 
 function elapsed(proc) {
   const status = proc.status;
@@ -42,23 +33,14 @@ function elapsed(proc) {
   return "";
 }
 
-function progressBar(proc) {
-  const percent = proc.progress && proc.progress.percent;
-  const bar = el("progress", { max: 100 });
-  if (percent !== null && percent !== undefined) bar.value = percent;
-  else if (proc.status.state !== "running") bar.value = 0;
-  return bar;
-}
-
-function stateBadge(state) {
-  return el("span", { class: `state state-${state}`, "data-state": state }, state);
-}
+const bar = (proc) => progressBar(proc.progress && proc.progress.percent, proc.status.state === "running");
+const stateBadge = (state) => badge(state, "state");
 
 // ------------------------------------------------------------------ the list
 function setConnection(ok) {
-  const badge = $("connection");
-  badge.textContent = ok ? "connected" : "reconnecting…";
-  badge.className = `connection ${ok ? "connected" : "reconnecting"}`;
+  const indicator = $("connection");
+  indicator.textContent = ok ? "connected" : "reconnecting…";
+  indicator.className = `connection ${ok ? "connected" : "reconnecting"}`;
 }
 
 function visible() {
@@ -73,16 +55,9 @@ function visible() {
 
 function renderOverview() {
   const counts = Object.fromEntries(STATES.map((s) => [s, 0]));
-  let recent = 0;
-  const since = Date.now() - 5 * 60 * 1000;
-  for (const p of view.processes) {
-    counts[p.status.state] = (counts[p.status.state] || 0) + 1;
-    const end = p.status.doneAt || p.status.failedAt || p.status.stoppedAt;
-    if (end && Date.parse(end) >= since) recent += 1;
-  }
+  for (const p of view.processes) counts[p.status.state] = (counts[p.status.state] || 0) + 1;
   $("counts").replaceChildren(...STATES.map((s) =>
     el("span", { class: "count", "data-state": s }, `${s} `, el("b", {}, String(counts[s])))));
-  $("throughput").textContent = String(recent);
   $("failures").textContent = String(counts.failed);
 }
 
@@ -95,7 +70,7 @@ function renderRows() {
     const row = el("tr", { "data-id": p.processId, class: p.processId === view.selected ? "selected" : "" },
       el("td", {}, p.name, el("br"), el("small", {}, p.processId)),
       el("td", {}, stateBadge(p.status.state)),
-      el("td", {}, progressBar(p), " ", (p.progress && p.progress.message) || ""),
+      el("td", {}, bar(p), " ", (p.progress && p.progress.message) || ""),
       el("td", { class: "elapsed" }, elapsed(p)));
     row.addEventListener("click", () => openTree(p.processId));
     return row;
@@ -103,6 +78,7 @@ function renderRows() {
   $("page-info").textContent = `page ${view.page + 1} of ${pages} · ${rows.length} processes`;
   $("prev").disabled = view.page === 0;
   $("next").disabled = view.page >= pages - 1;
+  updateBulk();
 }
 
 function render() {
@@ -112,6 +88,7 @@ function render() {
 
 function onListFrame(frame) {
   if (frame.type !== "update") return;
+  onProcesses(frame.processes);  // the history hears of ended runs even while paused
   if (view.paused) {
     view.waiting = frame.processes;
     $("pending").textContent = "updates waiting";
@@ -143,7 +120,10 @@ function connect() {
   if (treeTopic() !== null) topics.push(treeTopic());
   const stream = new EventSource(`api/stream?${topics.map((t) => `topic=${encodeURIComponent(t)}`).join("&")}`);
   view.stream = stream;
-  stream.onopen = () => setConnection(true);
+  stream.onopen = () => {
+    setConnection(true);
+    if (session.role === null) probeRole();  // the server was away when the page asked
+  };
   stream.onerror = () => {
     setConnection(false);
     checkAuth();
@@ -163,6 +143,63 @@ function togglePause() {
   }
 }
 
+// ------------------------------------------------------------------ bulk cancel, resync
+// The route filters by state (and rootId, metadataFilter), not by the search box: with a
+// search typed, the button is off rather than cancelling more than the list shows.
+function bulkFilter() {
+  if ($("search").value.trim()) return { error: "clear the search first: bulk cancel goes by the state filter" };
+  const state = $("state-filter").value;
+  if (state && !CANCELLABLE.includes(state)) return { error: `a ${state} process cannot be cancelled` };
+  const params = new URLSearchParams();
+  for (const s of state ? [state] : CANCELLABLE) params.append("state", s);
+  return { params, label: state || "scheduled or running" };
+}
+
+function updateBulk() {
+  const filter = bulkFilter();
+  $("bulk-cancel").disabled = Boolean(filter.error);
+  $("bulk-cancel").title = filter.error || "cancel every process the state filter matches, after a confirmation";
+}
+
+async function bulkCancel() {
+  const filter = bulkFilter();
+  if (filter.error) return;
+  const result = $("list-result");
+  // Without confirm=true the route changes nothing and answers the count.
+  const counted = await api(`api/processes/cancel?${filter.params}`, { method: "POST" });
+  if (counted.status !== 400 || counted.body.reason !== "confirmation-needed") {
+    result.textContent = refusal("bulk cancel", counted);
+    return;
+  }
+  const matched = counted.body.matched;
+  if (!matched) {
+    result.textContent = `bulk cancel: no ${filter.label} process to cancel`;
+    return;
+  }
+  const plural = matched === 1 ? "process" : "processes";
+  const answer = await ask(`Cancel ${matched} ${filter.label} ${plural}? Child processes count and stop with their parents.`,
+    { reason: true, okLabel: `Cancel ${matched} ${plural}` });
+  if (!answer.ok) {
+    result.textContent = "bulk cancel not sent: not confirmed";
+    return;
+  }
+  filter.params.set("confirm", "true");
+  filter.params.set("limit", String(matched));  // never more than the count confirmed
+  if (answer.reason) filter.params.set("reason", answer.reason);
+  const done = await api(`api/processes/cancel?${filter.params}`, { method: "POST" });
+  if (!done.ok) {
+    result.textContent = refusal("bulk cancel", done);
+    return;
+  }
+  const refused = done.body.refused.map((r) => `${r.processId} (${r.reason})`).join(", ");
+  result.textContent = `cancelled ${done.body.cancelled.length} of ${done.body.matched}` + (refused ? `; refused: ${refused}` : "");
+}
+
+async function resync() {
+  const answer = await api("api/processes/resync", { method: "POST" });
+  $("list-result").textContent = answer.ok ? answer.body.message : refusal("resync", answer);
+}
+
 // ------------------------------------------------------------------ the tree
 function renderTree() {
   const byParent = new Map();
@@ -176,7 +213,7 @@ function renderTree() {
     return rows.map((row) => {
       const error = row.status.error ? el("span", { class: "error" }, row.status.error) : null;
       const node = el("li", { "data-id": row.processId },
-        el("div", { class: "node" }, el("b", {}, row.name), stateBadge(row.status.state), progressBar(row),
+        el("div", { class: "node" }, el("b", {}, row.name), stateBadge(row.status.state), bar(row),
           el("span", { class: "message" }, (row.progress && row.progress.message) || ""),
           el("span", { class: "elapsed" }, elapsed(row)), error));
       const children = build(row.processId);
@@ -190,11 +227,22 @@ function renderTree() {
     $("detail-title").textContent = root.name;
     $("warning").textContent = root.warning || "";
     $("warning").hidden = !root.warning;
-    const state = root.status.state;
-    $("launch").disabled = !["idle", "done", "failed", "cancelled"].includes(state);
-    $("cancel").disabled = !root.cancellable || !["scheduled", "running"].includes(state);
-    $("dismiss").disabled = !TERMINAL.has(state);
+    updateControls();
   }
+}
+
+function updateControls() {
+  const root = view.tree.get(view.selected);
+  if (!root) return;
+  const state = root.status.state;
+  const served = servedBy(root.rootId || root.processId);
+  $("launch").hidden = served === false;  // no live worker would take the launch
+  $("no-worker").hidden = served !== false;
+  $("launch").disabled = !["idle", "done", "failed", "cancelled"].includes(state);
+  $("cancel").disabled = !root.cancellable || !CANCELLABLE.includes(state);
+  $("cancel-group").hidden = view.tree.size < 2;
+  $("cancel-group").disabled = ![...view.tree.values()].some((p) => CANCELLABLE.includes(p.status.state));
+  $("dismiss").disabled = !TERMINAL.has(state);
 }
 
 function appendLog(entries) {
@@ -215,6 +263,8 @@ function onTreeFrame(frame) {
   }
 }
 
+const VERBS = ["launch", "cancel", "cancel-group", "dismiss"];
+
 function openTree(processId) {
   if (processId === view.selected) return;
   view.selected = processId;
@@ -223,7 +273,8 @@ function openTree(processId) {
   $("command-result").textContent = "";
   $("detail-title").textContent = "";
   $("warning").hidden = true;
-  for (const verb of ["launch", "cancel", "dismiss"]) $(verb).disabled = true;  // until its rows arrive
+  $("no-worker").hidden = true;
+  for (const verb of VERBS) $(verb).disabled = true;  // until its rows arrive
   $("detail").hidden = false;
   renderRows();
   connect();
@@ -237,14 +288,18 @@ function closeTree() {
   connect();
 }
 
-// A launch of a process with a warning, and every cancel, ask first.
+// A launch of a process with a warning, and every cancel, ask first. The single cancel
+// route takes no reason (only the bulk and the operation cancels do), so none is asked.
 function confirmed(verb) {
   const proc = view.tree.get(view.selected) || view.processes.find((p) => p.processId === view.selected);
   if (!proc) return false;
   if (verb === "launch") return !proc.warning || window.confirm(`${proc.warning}\n\nLaunch ${proc.name}?`);
   if (verb === "cancel") return window.confirm(`Cancel ${proc.name}?`);
+  if (verb === "cancel-group") return window.confirm(`Cancel ${proc.name} and every process below it?`);
   return true;
 }
+
+const PATHS = { launch: "launch", cancel: "cancel", "cancel-group": "cancel?group=true", dismiss: "dismiss" };
 
 async function command(verb) {
   const id = view.selected;
@@ -254,9 +309,8 @@ async function command(verb) {
     return;
   }
   $("command-result").textContent = "";
-  const response = await fetch(`api/processes/${encodeURIComponent(id)}/${verb}`, { method: "POST" });
-  const body = await response.json().catch(() => ({}));
-  $("command-result").textContent = response.ok ? "" : `${verb} refused: ${body.reason || response.status} – ${body.message || ""}`;
+  const answer = await api(`api/processes/${encodeURIComponent(id)}/${PATHS[verb]}`, { method: "POST" });
+  $("command-result").textContent = answer.ok ? "" : refusal(verb, answer);
 }
 
 // ------------------------------------------------------------------ auth
@@ -268,22 +322,41 @@ async function checkAuth() {
 function signIn(event) {
   event.preventDefault();
   document.cookie = `taskwarden_token=${encodeURIComponent($("token").value)}; path=/; SameSite=Strict`;
+  $("token").value = "";
   $("login").hidden = true;
+  boot();
+}
+
+// Controls are hidden (body.read-only) until the role is known, and for a viewer.
+async function boot() {
+  if (await probeRole() === "sign-in") {
+    $("login").hidden = false;
+    return;
+  }
   connect();
+  if (!view.started) {
+    view.started = true;
+    startHistory();
+    startFleet();
+  }
 }
 
 // ------------------------------------------------------------------ start
+initTheme();
+setRole(null);
 $("state-filter").addEventListener("change", () => { view.page = 0; renderRows(); });
 $("search").addEventListener("input", () => { view.page = 0; renderRows(); });
 $("show-children").addEventListener("change", renderRows);
 $("pause").addEventListener("click", togglePause);
 $("prev").addEventListener("click", () => { view.page -= 1; renderRows(); });
 $("next").addEventListener("click", () => { view.page += 1; renderRows(); });
-$("launch").addEventListener("click", () => command("launch"));
-$("cancel").addEventListener("click", () => command("cancel"));
-$("dismiss").addEventListener("click", () => command("dismiss"));
+$("bulk-cancel").addEventListener("click", bulkCancel);
+$("resync").addEventListener("click", resync);
+for (const verb of VERBS) $(verb).addEventListener("click", () => command(verb));
+$("runs-of").addEventListener("click", () => historyOf(view.selected));
 $("close-detail").addEventListener("click", closeTree);
 $("login-form").addEventListener("submit", signIn);
+onWorkers(updateControls);
 setInterval(() => {  // live elapsed times between frames
   for (const cell of document.querySelectorAll("#rows tr")) {
     const proc = view.processes.find((p) => p.processId === cell.dataset.id);
@@ -293,5 +366,6 @@ setInterval(() => {  // live elapsed times between frames
     const node = document.querySelector(`#tree li[data-id="${CSS.escape(row.processId)}"] .elapsed`);
     if (node) node.textContent = elapsed(row);
   }
+  tickFleet();
 }, 1000);
-connect();
+boot();
