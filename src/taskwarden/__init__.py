@@ -2,94 +2,99 @@
 
 Track, launch, cancel, supervise and watch every long-running operation of an application.
 This module is the curated public API: everything a user needs is importable from here.
+Names are imported on first use, so a command that needs one part (the CLI's ``ps`` needs
+only a store) does not pay for the rest.
 """
 
 from __future__ import annotations
 
-from taskwarden.abc import Bus, BusMessage, Store
-from taskwarden.application import Application, ApplicationNotFound, load_application
-from taskwarden.bus import open_bus
-from taskwarden.clock import Clock, FakeClock, SystemClock
-from taskwarden.engine import (
-    ChildProgressInfo,
-    ChildResult,
-    Engine,
-    EngineState,
-    ParallelGroup,
-    ProcessContext,
-    RetryPolicy,
-    TaskInstance,
-    adhoc_define,
-    adhoc_delete,
-    average_progress,
-    block_launches,
-    cancel,
-    cancel_group,
-    cancel_group_and_wait,
-    dismiss,
-    get_engine,
-    get_process,
-    get_remote_control,
-    init,
-    launch,
-    launch_and_wait,
-    list_processes,
-    mapped_progress,
-    resync,
-    run,
-    sequential_progress,
-    shutdown,
-    unblock_launches,
-)
-from taskwarden.errors import (
-    BusError,
-    ChildProcessCancelled,
-    ChildProcessFailed,
-    ConfigurationError,
-    InvalidDefinition,
-    InvalidPayload,
-    InvalidTransition,
-    LaunchBlocked,
-    LeaseLost,
-    MissingExtra,
-    NoResumeSupport,
-    NotCancellable,
-    OperationNotFound,
-    ProcessNotFound,
-    RemoteHandlerError,
-    RequestTimeout,
-    SchemaError,
-    ShutdownTimeout,
-    StoreError,
-    TaskwardenError,
-)
-from taskwarden.heartbeat import (
-    HeartbeatPublisher,
-    WorkerRegistry,
-    WorkerSpec,
-    WorkerState,
-    WorkerStatus,
-)
-from taskwarden.history import ExecutionHistory, ExecutionRegistry
-from taskwarden.model import (
-    CancelationReason,
-    OperationContext,
-    OperationStatus,
-    RunRecord,
-)
-from taskwarden.processes import ProcessRecord, ProcessState
-from taskwarden.registry import OperationRegistry
-from taskwarden.remote import CommandResult, RemoteClient, RemoteControl
-from taskwarden.scope import Cancelable, CancelationToken, current_operation
-from taskwarden.stores import open_store
-from taskwarden.supervisor import (
-    CriticalTaskConfig,
-    Supervisor,
-    TaskHealth,
-    TaskMetrics,
-    TaskPriority,
-    instrumented_task,
-)
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taskwarden.abc import Bus, BusMessage, Store
+    from taskwarden.application import Application, ApplicationNotFound, load_application
+    from taskwarden.bus import open_bus
+    from taskwarden.clock import Clock, FakeClock, SystemClock
+    from taskwarden.engine import (
+        ChildProgressInfo,
+        ChildResult,
+        Engine,
+        EngineState,
+        ParallelGroup,
+        ProcessContext,
+        RetryPolicy,
+        TaskInstance,
+        adhoc_define,
+        adhoc_delete,
+        average_progress,
+        block_launches,
+        cancel,
+        cancel_group,
+        cancel_group_and_wait,
+        dismiss,
+        get_engine,
+        get_process,
+        get_remote_control,
+        init,
+        launch,
+        launch_and_wait,
+        list_processes,
+        mapped_progress,
+        resync,
+        run,
+        sequential_progress,
+        shutdown,
+        unblock_launches,
+    )
+    from taskwarden.errors import (
+        BusError,
+        ChildProcessCancelled,
+        ChildProcessFailed,
+        ConfigurationError,
+        InvalidDefinition,
+        InvalidPayload,
+        InvalidTransition,
+        LaunchBlocked,
+        LeaseLost,
+        MissingExtra,
+        NoResumeSupport,
+        NotCancellable,
+        OperationNotFound,
+        ProcessNotFound,
+        RemoteHandlerError,
+        RequestTimeout,
+        SchemaError,
+        ShutdownTimeout,
+        StoreError,
+        TaskwardenError,
+    )
+    from taskwarden.heartbeat import (
+        HeartbeatPublisher,
+        WorkerRegistry,
+        WorkerSpec,
+        WorkerState,
+        WorkerStatus,
+    )
+    from taskwarden.history import ExecutionHistory, ExecutionRegistry
+    from taskwarden.model import (
+        CancelationReason,
+        OperationContext,
+        OperationStatus,
+        RunRecord,
+    )
+    from taskwarden.processes import ProcessRecord, ProcessState
+    from taskwarden.registry import OperationRegistry
+    from taskwarden.remote import CommandResult, RemoteClient, RemoteControl
+    from taskwarden.scope import Cancelable, CancelationToken, current_operation
+    from taskwarden.stores import open_store
+    from taskwarden.supervisor import (
+        CriticalTaskConfig,
+        Supervisor,
+        TaskHealth,
+        TaskMetrics,
+        TaskPriority,
+        instrumented_task,
+    )
 
 __version__ = "0.1.0"
 
@@ -182,3 +187,108 @@ __all__ = [
     "shutdown",
     "unblock_launches",
 ]
+
+_LAZY: dict[str, str] = {
+    "Application": "taskwarden.application",
+    "ApplicationNotFound": "taskwarden.application",
+    "Bus": "taskwarden.abc",
+    "BusError": "taskwarden.errors",
+    "BusMessage": "taskwarden.abc",
+    "Cancelable": "taskwarden.scope",
+    "CancelationReason": "taskwarden.model",
+    "CancelationToken": "taskwarden.scope",
+    "ChildProcessCancelled": "taskwarden.errors",
+    "ChildProcessFailed": "taskwarden.errors",
+    "ChildProgressInfo": "taskwarden.engine",
+    "ChildResult": "taskwarden.engine",
+    "Clock": "taskwarden.clock",
+    "CommandResult": "taskwarden.remote",
+    "ConfigurationError": "taskwarden.errors",
+    "CriticalTaskConfig": "taskwarden.supervisor",
+    "Engine": "taskwarden.engine",
+    "EngineState": "taskwarden.engine",
+    "ExecutionHistory": "taskwarden.history",
+    "ExecutionRegistry": "taskwarden.history",
+    "FakeClock": "taskwarden.clock",
+    "HeartbeatPublisher": "taskwarden.heartbeat",
+    "InvalidDefinition": "taskwarden.errors",
+    "InvalidPayload": "taskwarden.errors",
+    "InvalidTransition": "taskwarden.errors",
+    "LaunchBlocked": "taskwarden.errors",
+    "LeaseLost": "taskwarden.errors",
+    "MissingExtra": "taskwarden.errors",
+    "NoResumeSupport": "taskwarden.errors",
+    "NotCancellable": "taskwarden.errors",
+    "OperationContext": "taskwarden.model",
+    "OperationNotFound": "taskwarden.errors",
+    "OperationRegistry": "taskwarden.registry",
+    "OperationStatus": "taskwarden.model",
+    "ParallelGroup": "taskwarden.engine",
+    "ProcessContext": "taskwarden.engine",
+    "ProcessNotFound": "taskwarden.errors",
+    "ProcessRecord": "taskwarden.processes",
+    "ProcessState": "taskwarden.processes",
+    "RemoteClient": "taskwarden.remote",
+    "RemoteControl": "taskwarden.remote",
+    "RemoteHandlerError": "taskwarden.errors",
+    "RequestTimeout": "taskwarden.errors",
+    "RetryPolicy": "taskwarden.engine",
+    "RunRecord": "taskwarden.model",
+    "SchemaError": "taskwarden.errors",
+    "ShutdownTimeout": "taskwarden.errors",
+    "Store": "taskwarden.abc",
+    "StoreError": "taskwarden.errors",
+    "Supervisor": "taskwarden.supervisor",
+    "SystemClock": "taskwarden.clock",
+    "TaskHealth": "taskwarden.supervisor",
+    "TaskInstance": "taskwarden.engine",
+    "TaskMetrics": "taskwarden.supervisor",
+    "TaskPriority": "taskwarden.supervisor",
+    "TaskwardenError": "taskwarden.errors",
+    "WorkerRegistry": "taskwarden.heartbeat",
+    "WorkerSpec": "taskwarden.heartbeat",
+    "WorkerState": "taskwarden.heartbeat",
+    "WorkerStatus": "taskwarden.heartbeat",
+    "adhoc_define": "taskwarden.engine",
+    "adhoc_delete": "taskwarden.engine",
+    "average_progress": "taskwarden.engine",
+    "block_launches": "taskwarden.engine",
+    "cancel": "taskwarden.engine",
+    "cancel_group": "taskwarden.engine",
+    "cancel_group_and_wait": "taskwarden.engine",
+    "current_operation": "taskwarden.scope",
+    "dismiss": "taskwarden.engine",
+    "get_engine": "taskwarden.engine",
+    "get_process": "taskwarden.engine",
+    "get_remote_control": "taskwarden.engine",
+    "init": "taskwarden.engine",
+    "instrumented_task": "taskwarden.supervisor",
+    "launch": "taskwarden.engine",
+    "launch_and_wait": "taskwarden.engine",
+    "list_processes": "taskwarden.engine",
+    "load_application": "taskwarden.application",
+    "mapped_progress": "taskwarden.engine",
+    "open_bus": "taskwarden.bus",
+    "open_store": "taskwarden.stores",
+    "resync": "taskwarden.engine",
+    "run": "taskwarden.engine",
+    "sequential_progress": "taskwarden.engine",
+    "shutdown": "taskwarden.engine",
+    "unblock_launches": "taskwarden.engine",
+}
+"""Where each public name lives: imported by :func:`__getattr__` on first use."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'taskwarden' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
