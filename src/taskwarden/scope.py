@@ -672,6 +672,10 @@ class Cancelable(OperationContext):
         if src.condition_task is not None:
             src.condition_task.cancel()
             src.condition_task = None
+        # An exited scope never runs them, and it may be kept long after (the registry's
+        # history): what they refer to must not live as long as it does.
+        src.callbacks = None
+        src.condition = None
 
     def __repr__(self) -> str:
         return f"<Cancelable {self.name!r} id={self.id} {self.status.value}>"

@@ -81,6 +81,23 @@ async def test_a_finished_run_leaves_no_reference_cycle_behind() -> None:
             gc.enable()
 
 
+async def test_finished_runs_are_not_kept_alive_by_the_operations_history() -> None:
+    # The registry keeps finished scopes in its history; their cancel callbacks referred
+    # back to the run, so every finished run stayed in memory as long as its scope did.
+    from taskwarden.engine.run_state import _Run
+
+    pid = "kept-alive-probe"  # earlier tests' engines may still hold runs of their own
+    async with started_engine(task(pid)) as engine:
+        for _ in range(20):
+            await engine.launch_and_wait(pid)
+            await engine.store.transition(pid, {S.DONE}, S.IDLE)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gc.collect()
+        alive = [o for o in gc.get_objects() if isinstance(o, _Run) and o.process_id == pid]
+        assert alive == []
+
+
 async def test_the_final_progress_rides_on_the_terminal_transition() -> None:
     store = CountingStore()
 

@@ -299,6 +299,10 @@ class ProgressBuffer:
         self._dropped = 0
         self._dirty = False
 
+    def detach(self) -> None:
+        """Forget the callbacks (the run is over: they refer back to it)."""
+        self._on_lease_lost = None
+
     def reopen_pending(self) -> None:
         """The terminal write that carried the final progress did not happen: mark it
         pending again, for a later :meth:`close`."""

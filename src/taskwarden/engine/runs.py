@@ -159,9 +159,12 @@ class RunMixin(EngineBase):
         if self._runs.get(run.process_id) is run:
             del self._runs[run.process_id]
         run.set_done()
-        # The scope's on_cancel callback refers back to the run: without this cycle the
-        # run's objects are freed now, not by a later full garbage collection.
+        # The scope's on_cancel callback and the progress buffer's lease-lost callback refer
+        # back to the run: without these cycles its objects are freed now, not by a later
+        # full garbage collection.
         run.scope = None
+        if run.progress is not None:
+            run.progress.detach()
         if run.holds_slot:
             run.holds_slot = False
             self._active_roots -= 1
