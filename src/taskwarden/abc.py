@@ -334,6 +334,26 @@ class Store(ABC):
                 of another type.
         """
 
+    async def count(
+        self,
+        *,
+        state: ProcessState | Collection[ProcessState] | None = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int:
+        """How many records :meth:`list` would return with these filters and no limit.
+
+        The SQL backends count in the database; this default lists and counts.
+
+        Raises:
+            ConfigurationError: as for :meth:`list`.
+        """
+        found = await self.list(
+            state=state, root_id=root_id, parent_id=parent_id, metadata=metadata
+        )
+        return len(found)
+
     @abstractmethod
     async def children(self, process_id: str) -> builtins.list[ProcessRecord]:
         """The direct children of a process (``parent_id == process_id``), sorted by

@@ -151,6 +151,43 @@ async def test_list_filters_by_state_root_and_metadata_filter(
     assert await ids(metadataFilter=json.dumps(absent)) == ["parent.a", "parent.b"]
 
 
+async def test_a_page_is_read_from_the_store_a_page_at_a_time(
+    world: tuple[Engine, httpx.AsyncClient, asyncio.Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a filter or with plain equalities, the store pages and counts: a page never
+    reads every record (it did, and 100,000 records took 4 s a page)."""
+    engine, client, _ = world
+    store = engine.store
+    limits: list[int | None] = []
+    real_list = store.list
+
+    async def recording_list(**kwargs: Any) -> Any:
+        limits.append(kwargs.get("limit"))
+        return await real_list(**kwargs)
+
+    monkeypatch.setattr(store, "list", recording_list)
+    plain = json.dumps({"metadata.team": {"eq": "data"}})
+    for params in ({"limit": 2}, {"limit": 1, "metadataFilter": plain}, {"state": "done"}):
+        walked: list[str] = []
+        cursor: str | None = None
+        total: set[int] = set()
+        while True:
+            query = dict(params) if cursor is None else {**params, "cursor": cursor}
+            page = (await client.get("/api/processes", params=query)).json()
+            walked += [d["processId"] for d in page["items"]]
+            total.add(page["totalCount"])
+            cursor = page["nextCursor"]
+            if cursor is None:
+                break
+        expected = await real_list(
+            metadata={"team": "data"} if "metadataFilter" in params else None,
+            state=S.DONE if "state" in params else None,
+        )
+        assert walked == [r.process_id for r in expected], params
+        assert total == {len(expected)}, params
+    assert None not in limits and max(limits) == 21  # limit + 1 rows, never all of them
+
+
 @pytest.mark.parametrize(
     ("params", "says"),
     [

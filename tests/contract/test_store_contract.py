@@ -507,6 +507,29 @@ async def test_list_metadata_filter_is_an_and_of_equalities(store: Store) -> Non
     assert _ids_of(await store.list(metadata={"missing": "x"})) == []
 
 
+async def test_count_counts_what_list_returns_without_a_limit(store: Store) -> None:
+    """count() takes list()'s filters and answers len(list(...)) in one query."""
+    await _tree(store)
+    cases: list[dict[str, Any]] = [
+        {},
+        {"state": S.RUNNING},
+        {"state": [S.DONE, S.IDLE]},
+        {"state": []},
+        {"root_id": "r1"},
+        {"parent_id": "r1"},
+        {"root_id": "r1", "state": S.RUNNING, "parent_id": "r1"},
+        {"metadata": {"customer": "2"}},
+        {"metadata": {"customer": "2", "n": 1}},
+        {"metadata": {"on": True}},
+        {"metadata": {"customer": 2}},
+    ]
+    for filters in cases:
+        assert await store.count(**filters) == len(await store.list(**filters)), filters
+    assert await store.count() == 5
+    with pytest.raises(ConfigurationError):
+        await store.count(metadata={"a": None})
+
+
 async def test_list_refuses_non_scalar_metadata_filters(store: Store) -> None:
     """A dict or None as a filter value is a ConfigurationError."""
     with pytest.raises(ConfigurationError):

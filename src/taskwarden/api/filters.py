@@ -17,7 +17,7 @@ from typing import Any
 
 from taskwarden.errors import ConfigurationError
 
-__all__ = ["MetadataPredicate", "parse_filter"]
+__all__ = ["MetadataPredicate", "parse_filter", "store_equalities"]
 
 MetadataPredicate = Callable[[Mapping[str, Any]], bool]
 """Takes a process's metadata, says whether it matches."""
@@ -41,6 +41,29 @@ def parse_filter(text: str | None) -> MetadataPredicate | None:
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"metadataFilter is not valid JSON: {exc.msg}") from None
     return _compile(tree, "metadataFilter")
+
+
+def store_equalities(text: str | None) -> dict[str, str | int | float | bool] | None:
+    """The filter as the stores' own metadata filter, when it is one: every key a top-level
+    key that must equal a non-null scalar (``{"team": "data"}`` or
+    ``{"metadata.team": {"eq": "data"}}``). None for anything richer, which only the
+    predicate of :func:`parse_filter` can evaluate. Call it on a filter that parsed."""
+    if text is None or not text.strip():
+        return {}
+    tree = json.loads(text)
+    if not isinstance(tree, dict) or any(key in ("AND", "OR", "NOT") for key in tree):
+        return None
+    equal: dict[str, str | int | float | bool] = {}
+    for key, spec in tree.items():
+        name = key.removeprefix("metadata.")
+        if isinstance(spec, dict):
+            if spec.keys() != {"eq"}:
+                return None
+            spec = spec["eq"]
+        if "." in name or not isinstance(spec, str | int | float | bool):
+            return None
+        equal[name] = spec
+    return equal
 
 
 def _compile(node: Any, where: str) -> MetadataPredicate:

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from taskwarden.abc import Bus, Store
 from taskwarden.api.broadcaster import Broadcaster
 from taskwarden.api.commands import CommandRefused, Commands, Verb
-from taskwarden.api.filters import MetadataPredicate, parse_filter
+from taskwarden.api.filters import MetadataPredicate, parse_filter, store_equalities
 from taskwarden.api.streams import STREAM_HEADERS, list_stream, parse_last_event_id, tree_stream
 from taskwarden.documents import merged_log, page_of, process_document, run_document, tree_document
 from taskwarden.errors import ConfigurationError
@@ -81,7 +81,11 @@ async def list_processes(
     database: Namespace = None,
     prefix: Namespace = None,
 ) -> dict[str, Any]:
-    """Processes sorted by ``(depth, order, processId)``, keyset-paginated."""
+    """Processes sorted by ``(depth, order, processId)``, keyset-paginated.
+
+    Without a filter, or with one of plain equalities, the store pages and counts (indexed
+    on SQL); a richer ``metadataFilter`` is evaluated here over the matching states.
+    """
     _reject_legacy(request)
     predicate = parse_filter(metadata_filter)
     after: tuple[int, int, str] | None = None
@@ -92,7 +96,19 @@ async def list_processes(
             raise ConfigurationError(
                 f"cursor {cursor!r} does not parse: pass the nextCursor of a previous page"
             ) from None
-    records = await _service(request).store.list(state=state, root_id=root_id)
+    store = _service(request).store
+    equal = store_equalities(metadata_filter)
+    if equal is not None:
+        found = await store.list(
+            state=state, root_id=root_id, metadata=equal, limit=limit + 1, cursor=cursor
+        )
+        total = await store.count(state=state, root_id=root_id, metadata=equal)
+        return {
+            "items": [process_document(r) for r in found[:limit]],
+            "nextCursor": found[limit - 1].cursor if len(found) > limit else None,
+            "totalCount": total,
+        }
+    records = await store.list(state=state, root_id=root_id)
     matching = [r for r in records if predicate is None or predicate(r.metadata)]
     start = 0 if after is None else _first_after(matching, after)
     page = matching[start : start + limit]

@@ -746,6 +746,18 @@ def list_statement(
     return where.statement(head, "depth, sort_order, process_id", limit)
 
 
+def count_statement(
+    where: SqlWhere, table: str, *, root_id: str | None, parent_id: str | None
+) -> str:
+    """Finish a ``count()`` query on ``where`` (the backend's state and metadata clauses)."""
+    where.equal("root_id", root_id)
+    where.equal("parent_id", parent_id)
+    sql = f"SELECT count(*) FROM {table}"
+    if where.clauses:
+        sql += " WHERE " + " AND ".join(where.clauses)
+    return sql
+
+
 def history_statement(
     runs_table: str,
     encode_time: Callable[[datetime], Any],

@@ -36,6 +36,7 @@ from taskwarden.stores.base import (
     SqlWhere,
     check_edges,
     check_runtime_fields,
+    count_statement,
     definition_update,
     duplicate_process,
     history_statement,
@@ -270,14 +271,9 @@ class PostgresStore(Store):
     ) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.list`."""
         states, wanted, after = list_filters(state, metadata, limit, cursor)
-        where = SqlWhere(numbered=True)
-        if states is not None:
-            if not states:
-                return []
-            where.add(f"state = ANY({where.arg(sorted(s.value for s in states))}::text[])")
-        for key, value in wanted.items():
-            filter_json = json_dumps({key: value}, "metadata filter")
-            where.add(f"metadata @> {where.arg(filter_json)}::jsonb")
+        where = self._list_where(states, wanted)
+        if where is None:
+            return []
         sql = list_statement(
             where,
             f"SELECT {COLS} FROM {self._t}",
@@ -287,6 +283,42 @@ class PostgresStore(Store):
             limit=limit,
         )
         return await self._fetch_records(sql, *where.args)
+
+    async def count(
+        self,
+        *,
+        state: ProcessState | Collection[ProcessState] | None = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int:
+        """See :meth:`Store.count`."""
+        states, wanted, _ = list_filters(state, metadata, None, None)
+        where = self._list_where(states, wanted)
+        if where is None:
+            return 0
+        sql = count_statement(where, self._t, root_id=root_id, parent_id=parent_id)
+
+        async def op(conn: asyncpg.Connection) -> int:
+            found: int = await conn.fetchval(sql, *where.args)
+            return found
+
+        return await self._run(op)
+
+    @staticmethod
+    def _list_where(
+        states: frozenset[ProcessState] | None, wanted: Mapping[str, Any]
+    ) -> SqlWhere | None:
+        """The state and metadata clauses of a list or count; None when nothing can match."""
+        where = SqlWhere(numbered=True)
+        if states is not None:
+            if not states:
+                return None
+            where.add(f"state = ANY({where.arg(sorted(s.value for s in states))}::text[])")
+        for key, value in wanted.items():
+            filter_json = json_dumps({key: value}, "metadata filter")
+            where.add(f"metadata @> {where.arg(filter_json)}::jsonb")
+        return where
 
     async def children(self, process_id: str) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.children`."""

@@ -38,6 +38,7 @@ from taskwarden.stores.base import (
     SqlWhere,
     check_edges,
     check_runtime_fields,
+    count_statement,
     definition_update,
     duplicate_process,
     encode_dt,
@@ -292,10 +293,51 @@ class SQLiteStore(Store):
     ) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.list`."""
         states, wanted, after = list_filters(state, metadata, limit, cursor)
+        where = self._list_where(states, wanted)
+        if where is None:
+            return []
+        sql = list_statement(
+            where,
+            f"SELECT {_COLS} FROM {self._t}",
+            root_id=root_id,
+            parent_id=parent_id,
+            after=after,
+            limit=limit,
+        )
+        result: builtins.list[ProcessRecord] = await self._submit(
+            READ, self._select, sql, where.args
+        )
+        return result
+
+    async def count(
+        self,
+        *,
+        state: ProcessState | Collection[ProcessState] | None = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int:
+        """See :meth:`Store.count`."""
+        states, wanted, _ = list_filters(state, metadata, None, None)
+        where = self._list_where(states, wanted)
+        if where is None:
+            return 0
+        sql = count_statement(where, self._t, root_id=root_id, parent_id=parent_id)
+        found: int = await self._submit(READ, self._count, sql, where.args)
+        return found
+
+    @staticmethod
+    def _count(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> int:
+        return int(conn.execute(sql, args).fetchone()[0])
+
+    def _list_where(
+        self, states: frozenset[ProcessState] | None, wanted: Mapping[str, Any]
+    ) -> SqlWhere | None:
+        """The state and metadata clauses of a list or count; None when nothing can match."""
         where = SqlWhere(numbered=False)
         if states is not None:
             if not states:
-                return []
+                return None
             values = sorted(s.value for s in states)
             where.add(f"state IN ({', '.join(map(where.arg, values))})")
         for key, value in wanted.items():
@@ -311,18 +353,7 @@ class SQLiteStore(Store):
                 f"EXISTS (SELECT 1 FROM json_each({self._t}.metadata) "
                 f"WHERE key = {key_arg} AND type IN {kinds}{test})"
             )
-        sql = list_statement(
-            where,
-            f"SELECT {_COLS} FROM {self._t}",
-            root_id=root_id,
-            parent_id=parent_id,
-            after=after,
-            limit=limit,
-        )
-        result: builtins.list[ProcessRecord] = await self._submit(
-            READ, self._select, sql, where.args
-        )
-        return result
+        return where
 
     def _select(
         self, conn: sqlite3.Connection, sql: str, args: Sequence[Any]
