@@ -6,9 +6,10 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from taskwarden.api.auth import Authenticate, require_role, resolve_authenticate
 from taskwarden.api.broadcaster import Broadcaster
@@ -16,6 +17,7 @@ from taskwarden.api.commands import CommandRefused, Commands
 from taskwarden.api.health import Metrics, health_router, metrics_router
 from taskwarden.api.multiplex import stream_router
 from taskwarden.api.operations import LiveView, operations_router
+from taskwarden.api.responses import COMMON, OPEN, declare_errors
 from taskwarden.api.routes import NotFound, Service, router
 from taskwarden.api.web import web_router
 from taskwarden.errors import ConfigurationError, StoreError
@@ -107,13 +109,14 @@ def create_app(
     )
     app.state.taskwarden_metrics = Metrics(feed)
     guard = [Depends(require_role(check))]
-    app.include_router(router, dependencies=guard)
-    app.include_router(operations_router, dependencies=guard)
-    app.include_router(stream_router, dependencies=guard)
-    app.include_router(health_router)
-    app.include_router(metrics_router, dependencies=guard)
+    app.include_router(router, dependencies=guard, responses=COMMON)
+    app.include_router(operations_router, dependencies=guard, responses=COMMON)
+    app.include_router(stream_router, dependencies=guard, responses=COMMON)
+    app.include_router(health_router, responses=OPEN)
+    app.include_router(metrics_router, dependencies=guard, responses=COMMON)
     app.include_router(web_router)
     _install_error_handlers(app)
+    declare_errors(app)
     return app
 
 
@@ -138,8 +141,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"message": _describe(exc.errors())}, status_code=400)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    # Starlette's class: FastAPI raises it too (a body that does not parse, for one).
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, dict) else {"message": str(exc.detail)}
         return JSONResponse(detail, status_code=exc.status_code, headers=exc.headers)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
@@ -131,7 +131,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@health_router.get("/readyz", summary="The store, the feed and the bus work")
+@health_router.get(
+    "/readyz",
+    summary="The store, the feed and the bus work",
+    responses={503: {"description": "Not ready: the checks say which part failed"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     """``{status, checks}``; 503 when a check fails, naming it."""
     service = _service(request)
@@ -151,7 +155,12 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
-@metrics_router.get("/metrics", summary="Prometheus metrics")
+@metrics_router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain; version=0.0.4; charset=utf-8": {}}}},
+)
 async def metrics(request: Request) -> Response:
     """The Prometheus text exposition of the server's metrics."""
     exporter: Metrics = request.app.state.taskwarden_metrics

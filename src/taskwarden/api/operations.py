@@ -23,6 +23,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 
 from taskwarden.abc import Bus, Store
 from taskwarden.api.commands import CommandRefused
+from taskwarden.api.responses import COMMAND, READ
 from taskwarden.registry import OperationRegistry
 from taskwarden.remote_ops import OperationsClient, cancel_operation, registry_document
 
@@ -65,7 +66,9 @@ async def _node(view: LiveView, node: str, name: str | None) -> dict[str, Any]:
     return {"node": node, "name": name, **answer}
 
 
-@operations_router.get("/operations", summary="Live operations, here and on every worker")
+@operations_router.get(
+    "/operations", summary="Live operations, here and on every worker", responses=READ
+)
 async def list_operations(
     request: Request,
     worker: Annotated[str | None, Query(description="'local' or a worker incarnation")] = None,
@@ -87,7 +90,11 @@ async def list_operations(
     return {"items": items}
 
 
-@operations_router.post("/operations/{operation_id}/cancel", summary="Cancel a live operation")
+@operations_router.post(
+    "/operations/{operation_id}/cancel",
+    summary="Cancel a live operation",
+    responses={**COMMAND, 504: COMMAND[409]},
+)
 async def cancel_live_operation(
     request: Request,
     operation_id: str,
@@ -129,7 +136,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-@operations_router.get("/supervisor", summary="Supervised tasks: health and statistics")
+@operations_router.get(
+    "/supervisor", summary="Supervised tasks: health and statistics", responses=READ
+)
 async def supervisor_tasks(request: Request) -> dict[str, Any]:
     supervisor = _view(request).supervisor
     if supervisor is None:

@@ -14,6 +14,7 @@ from taskwarden.abc import Bus, Store
 from taskwarden.api.broadcaster import Broadcaster
 from taskwarden.api.commands import CommandRefused, Commands, Verb
 from taskwarden.api.filters import MetadataPredicate, parse_filter, store_equalities
+from taskwarden.api.responses import COMMAND, READ
 from taskwarden.api.streams import STREAM_HEADERS, list_stream, parse_last_event_id, tree_stream
 from taskwarden.documents import merged_log, page_of, process_document, run_document, tree_document
 from taskwarden.errors import ConfigurationError
@@ -148,7 +149,7 @@ async def stream_processes(
     )
 
 
-@router.get("/processes/{process_id}", summary="One process, by id")
+@router.get("/processes/{process_id}", summary="One process, by id", responses=READ)
 async def get_process(
     request: Request, process_id: str, database: Namespace = None, prefix: Namespace = None
 ) -> dict[str, Any]:
@@ -156,7 +157,9 @@ async def get_process(
     return process_document(await _process(_service(request), process_id))
 
 
-@router.get("/processes/{process_id}/tree", summary="A process with its children, nested")
+@router.get(
+    "/processes/{process_id}/tree", summary="A process with its children, nested", responses=READ
+)
 async def get_tree(
     request: Request,
     process_id: str,
@@ -170,7 +173,7 @@ async def get_tree(
     return await tree_document(service.store, record, max_depth=max_depth)
 
 
-@router.get("/processes/{process_id}/log", summary="A process's log, paginated")
+@router.get("/processes/{process_id}/log", summary="A process's log, paginated", responses=READ)
 async def get_log(
     request: Request,
     process_id: str,
@@ -184,7 +187,9 @@ async def get_log(
     return page_of([entry.to_document() for entry in record.log], cursor, limit)
 
 
-@router.get("/processes/{process_id}/tree/log", summary="The merged log of a subtree")
+@router.get(
+    "/processes/{process_id}/tree/log", summary="The merged log of a subtree", responses=READ
+)
 async def get_tree_log(
     request: Request,
     process_id: str,
@@ -279,7 +284,7 @@ async def _command(request: Request, verb: Verb, process_id: str) -> dict[str, A
     return process_document(await _process(service, process_id))
 
 
-@router.post("/processes/{process_id}/launch", summary="Launch a process")
+@router.post("/processes/{process_id}/launch", summary="Launch a process", responses=COMMAND)
 async def launch(
     request: Request,
     process_id: str,
@@ -298,7 +303,9 @@ async def launch(
     return await _command(request, "launch", process_id)
 
 
-@router.post("/processes/{process_id}/cancel", summary="Cancel a process (or its group)")
+@router.post(
+    "/processes/{process_id}/cancel", summary="Cancel a process (or its group)", responses=COMMAND
+)
 async def cancel(
     request: Request,
     process_id: str,
@@ -320,7 +327,9 @@ async def cancel(
     return process_document(await _process(service, process_id))
 
 
-@router.post("/processes/{process_id}/dismiss", summary="Reset a finished process to idle")
+@router.post(
+    "/processes/{process_id}/dismiss", summary="Reset a finished process to idle", responses=COMMAND
+)
 async def dismiss(
     request: Request, process_id: str, database: Namespace = None, prefix: Namespace = None
 ) -> dict[str, Any]:
@@ -384,7 +393,7 @@ async def history(
     return {"items": [run_document(run) for run in runs]}
 
 
-@router.get("/history/{index}", summary="One run of the history")
+@router.get("/history/{index}", summary="One run of the history", responses=READ)
 async def history_run(request: Request, index: int) -> JSONResponse:
     """The run with this index (404 ``{message}`` when there is none)."""
     for run in await _service(request).store.query_history():
