@@ -354,6 +354,29 @@ class Store(ABC):
         )
         return len(found)
 
+    async def get_many(self, process_ids: Collection[str]) -> dict[str, ProcessRecord]:
+        """The records with these ids, by id; missing ones are left out.
+
+        The SQL backends read them in one query; this default calls :meth:`get` for each.
+        """
+        found: dict[str, ProcessRecord] = {}
+        for process_id in process_ids:
+            record = await self.get(process_id)
+            if record is not None:
+                found[process_id] = record
+        return found
+
+    async def changed_since(self, since: datetime) -> builtins.list[ProcessRecord]:
+        """The records whose ``updated_at`` is at or after ``since`` (every write sets it),
+        oldest change first. A reader that polls with an overlap sees every change; a
+        deleted record is not in it (compare :meth:`count`).
+
+        The SQL backends read an index; this default lists every record.
+        """
+        found = [r for r in await self.list() if r.updated_at >= since]
+        found.sort(key=lambda r: (r.updated_at, r.process_id))
+        return found
+
     @abstractmethod
     async def children(self, process_id: str) -> builtins.list[ProcessRecord]:
         """The direct children of a process (``parent_id == process_id``), sorted by

@@ -167,7 +167,12 @@ async def test_a_page_is_read_from_the_store_a_page_at_a_time(
 
     monkeypatch.setattr(store, "list", recording_list)
     plain = json.dumps({"metadata.team": {"eq": "data"}})
-    for params in ({"limit": 2}, {"limit": 1, "metadataFilter": plain}, {"state": "done"}):
+    cases: list[dict[str, Any]] = [
+        {"limit": 2},
+        {"limit": 1, "metadataFilter": plain},
+        {"state": "done"},
+    ]
+    for params in cases:
         walked: list[str] = []
         cursor: str | None = None
         total: set[int] = set()
@@ -185,7 +190,7 @@ async def test_a_page_is_read_from_the_store_a_page_at_a_time(
         )
         assert walked == [r.process_id for r in expected], params
         assert total == {len(expected)}, params
-    assert None not in limits and max(limits) == 21  # limit + 1 rows, never all of them
+    assert sorted(set(limits), key=str) == [2, 21, 3]  # limit + 1 rows, never all of them
 
 
 @pytest.mark.parametrize(

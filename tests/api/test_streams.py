@@ -22,6 +22,7 @@ from taskwarden.api.streams import Topic, list_stream, tree_stream
 from taskwarden.bus.local import LocalBus
 from taskwarden.engine import ProcessContext
 from taskwarden.processes import LogEntry, LogLevel, ProcessRecord, ProcessState
+from taskwarden.stores import open_store
 from taskwarden.stores.memory import MemoryStore
 from tests.engine_support import StateLog, started_engine, task
 
@@ -197,6 +198,62 @@ async def test_without_a_bus_one_poll_per_interval_sees_other_writers(
         assert record is not None and record.progress_message == "written elsewhere"
     finally:
         await broadcaster.close()
+
+
+async def test_a_change_after_a_quiet_spell_goes_out_at_once_the_next_ones_wait(
+    feed: Broadcaster, store: MemoryStore
+) -> None:
+    feed.coalesce = 0.5
+    watcher = feed.subscribe()
+    loop = asyncio.get_running_loop()
+    await store.update_progress("root", 1, "first")
+    started = loop.time()
+    feed.notify("root")
+    await next_change(watcher)
+    first = loop.time()
+    assert first - started < feed.coalesce  # trailing-edge coalescing waited it out
+    await store.update_progress("root", 2, "second")
+    feed.notify("root")
+    await store.update_progress("other", 3, "third")
+    feed.notify("other")
+    change = await next_change(watcher)
+    assert loop.time() - first >= feed.coalesce  # one frame per window, at most
+    assert sorted(p.process_id for p in change.processes) == ["other", "root"]
+
+
+async def test_without_a_bus_the_poll_reads_only_what_changed_and_sees_deletions(
+    tmp_path: Any,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'feed.db'}"
+    async with open_store(url) as mine, open_store(url) as theirs:
+        for i in range(50):
+            await theirs.create(ProcessRecord(process_id=f"p{i}", name=f"P{i}"))
+        calls: list[str] = []
+        for verb in ("list", "changed_since", "count", "get_many"):
+            real = getattr(mine, verb)
+
+            def counted(*args: Any, _real: Any = real, _verb: str = verb, **kwargs: Any) -> Any:
+                calls.append(_verb)
+                return _real(*args, **kwargs)
+
+            setattr(mine, verb, counted)
+        broadcaster = Broadcaster(mine, poll_interval=0.02, coalesce=0.0)
+        await broadcaster.start()
+        try:
+            watcher = broadcaster.subscribe()
+            await theirs.update_progress("p7", 70, "written by another process")
+            change = await next_change(watcher)
+            record = change.processes[0].record
+            assert record is not None and record.progress_message == "written by another process"
+            await theirs.delete("p8")
+            gone = await next_change(watcher)
+            assert [(p.process_id, p.record) for p in gone.processes] == [("p8", None)]
+            assert "p8" not in broadcaster.records and len(broadcaster.records) == 49
+            # One full read at the start and one after the deletion; the ticks read changes.
+            assert calls.count("list") == 2
+            assert calls.count("changed_since") >= 2 and calls.count("count") >= 1
+        finally:
+            await broadcaster.close()
 
 
 async def test_an_engines_changes_and_progress_flushes_reach_it_without_store_reads() -> None:

@@ -530,6 +530,29 @@ async def test_count_counts_what_list_returns_without_a_limit(store: Store) -> N
         await store.count(metadata={"a": None})
 
 
+async def test_get_many_reads_the_records_it_finds(store: Store) -> None:
+    """get_many() answers by id, and leaves out the ids no record has."""
+    await _tree(store)
+    found = await store.get_many(["r1/a", "r0", "missing", "r0"])
+    assert sorted(found) == ["r0", "r1/a"]
+    assert found["r1/a"] == await store.get("r1/a")
+    assert await store.get_many([]) == {}
+
+
+async def test_changed_since_is_every_record_written_at_or_after_a_time(store: Store) -> None:
+    """Every write stamps updated_at: changed_since() finds what a write touched."""
+    await _tree(store)
+    everything = await store.changed_since(datetime(2000, 1, 1, tzinfo=UTC))
+    assert sorted(_ids_of(everything)) == sorted(_ids_of(await store.list()))
+    assert [r.updated_at for r in everything] == sorted(r.updated_at for r in everything)
+    newest = max(r.updated_at for r in everything)
+    await store.update_progress("r0", 50, "half")
+    touched = {r.process_id: r for r in await store.changed_since(newest)}
+    assert touched["r0"].progress_percent == 50  # (the fixtures' clocks may stand still)
+    assert touched["r0"].updated_at >= newest
+    assert await store.changed_since(touched["r0"].updated_at + timedelta(days=1)) == []
+
+
 async def test_list_refuses_non_scalar_metadata_filters(store: Store) -> None:
     """A dict or None as a filter value is a ConfigurationError."""
     with pytest.raises(ConfigurationError):

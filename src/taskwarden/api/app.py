@@ -39,7 +39,7 @@ def create_app(
     tokens: Mapping[str, str] | None = None,
     authenticate: Authenticate | None = None,
     prefix: str = "taskwarden",
-    poll_interval: float = 1.0,
+    poll_interval: float = 0.1,
     coalesce: float = 0.25,
     keepalive: float = 15.0,
     supervisor: Supervisor | None = None,
@@ -57,7 +57,8 @@ def create_app(
             streams at once.
         tokens: bearer tokens and their roles (``"viewer"`` or ``"operator"``); or
         authenticate: your own check (see :mod:`taskwarden.api.auth`). Neither: open.
-        coalesce: changes arriving within this many seconds are sent as one frame.
+        coalesce: at most one frame per this many seconds: a change after a quiet spell
+            is sent at once, the changes within the window after it together.
         keepalive: idle seconds before a stream sends a keepalive comment.
         supervisor: a supervisor in this process: ``GET /api/supervisor`` shows its tasks.
         registry: whose live operations ``/api/operations`` shows for this process

@@ -4,9 +4,11 @@ The broadcaster keeps every process record in memory, loaded once at start and t
 true by change events: the engine's own (``Engine.on_change`` and its progress flushes),
 the bus's ``<prefix>.process.changed`` / ``<prefix>.process.progress`` from other workers,
 and, when there is no bus, one poll of the store per ``poll_interval`` for the writes of
-other processes. Changes that arrive within ``coalesce`` seconds are read and published as
-one :class:`Change`, so a process that reports progress 1,000 times a second costs a client
-a few frames a second. Streams compute their frames from the cache: the store is read per
+other processes (it reads only the records changed since the last poll, through an index).
+A change after a quiet spell is published at once; changes that arrive within
+``coalesce`` seconds of the last one are read and published together as one
+:class:`Change`, so a process that reports progress 1,000 times a second costs a client a
+few frames a second. Streams compute their frames from the cache: the store is read per
 change, never per client.
 
 Every subscriber has a bounded queue. A subscriber that falls behind is not waited for:
@@ -22,6 +24,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from taskwarden.errors import StoreError
@@ -121,7 +124,7 @@ class Broadcaster:
         bus: Bus | None = None,
         engine: Engine | None = None,
         prefix: str = "taskwarden",
-        poll_interval: float | None = 1.0,
+        poll_interval: float | None = 0.1,
         coalesce: float = 0.25,
         queue_size: int = 64,
         retain: int = 1000,
@@ -252,43 +255,84 @@ class Broadcaster:
             self.notify(process_id)
 
     async def _poll_loop(self) -> None:
+        # Each tick reads the records changed since the newest change seen, less an
+        # overlap (a write is stamped before it commits, and writers' clocks differ a
+        # little); about once a second a count tells whether something was deleted.
         assert self.poll_interval is not None
+        overlap = timedelta(seconds=max(2.0, 2 * self.poll_interval))
+        mark = max((r.updated_at for r in self.records.values()), default=datetime.now(UTC))
+        count_every = max(1, round(1.0 / self.poll_interval))
+        tick = 0
         while True:
             await asyncio.sleep(self.poll_interval)
+            tick += 1
             try:
-                current = await self.store.list()
+                current = await self.store.changed_since(mark - overlap)
+                self.store_reads += 1
+                total = await self.store.count() if tick % count_every == 0 else None
             except StoreError as exc:
                 logger.warning("change feed could not poll the store: %s", exc)
                 continue
-            self.store_reads += 1
-            seen = set()
             for record in current:
-                seen.add(record.process_id)
-                known = self.records.get(record.process_id)
-                if (known is None or known != record) and record.process_id not in self._dirty:
-                    self._pending.setdefault(record.process_id, record)
-            for gone in self.records.keys() - seen:
-                self._dirty.add(gone)
+                mark = max(mark, record.updated_at)
+                self._offer(record)
+            if total is not None:
+                self.store_reads += 1
+                known = self.records.keys() | self._pending.keys()
+                if total != len(known):
+                    await self._reload()
             if self._pending or self._dirty:
                 self._wake.set()
 
+    async def _reload(self) -> None:
+        """Read every record: some were deleted (or created unseen) since the last poll."""
+        try:
+            current = await self.store.list()
+        except StoreError as exc:
+            logger.warning("change feed could not read the store: %s", exc)
+            return
+        self.store_reads += 1
+        seen = set()
+        for record in current:
+            seen.add(record.process_id)
+            self._offer(record)
+        self._dirty.update(self.records.keys() - seen)
+
+    def _offer(self, record: ProcessRecord) -> None:
+        """A record read by a poll: publish it unless it is what we have, or older than a
+        record waiting to be published, or about to be read again anyway."""
+        process_id = record.process_id
+        if process_id in self._dirty or self.records.get(process_id) == record:
+            return
+        waiting = self._pending.get(process_id)
+        if waiting is None or waiting.updated_at < record.updated_at:
+            self._pending[process_id] = record
+
     # ------------------------------------------------------------------ publishing
     async def _flush_loop(self) -> None:
+        # A change after a quiet spell goes out at once; changes within ``coalesce`` of
+        # the last frame wait for the end of that window and go out together.
+        loop = asyncio.get_running_loop()
+        last = float("-inf")
         while True:
             await self._wake.wait()
-            if self.coalesce > 0:
-                await asyncio.sleep(self.coalesce)
+            delay = last + self.coalesce - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
             self._wake.clear()
+            last = loop.time()
             pending, self._pending = self._pending, {}
             dirty, self._dirty = self._dirty, set()
             fresh: dict[str, ProcessRecord | None] = dict(pending)
-            for process_id in sorted(dirty):
+            if dirty:
                 try:
-                    fresh[process_id] = await self.store.get(process_id)
+                    found = await self.store.get_many(dirty)
                 except StoreError as exc:
-                    logger.warning("change feed could not read %s: %s", process_id, exc)
+                    logger.warning("change feed could not read %d records: %s", len(dirty), exc)
+                    self._dirty |= dirty  # read them at the next flush
                     continue
                 self.store_reads += 1
+                fresh.update((process_id, found.get(process_id)) for process_id in dirty)
             self._publish(fresh)
 
     def _publish(self, fresh: dict[str, ProcessRecord | None]) -> None:

@@ -305,6 +305,23 @@ class PostgresStore(Store):
 
         return await self._run(op)
 
+    async def get_many(self, process_ids: Collection[str]) -> dict[str, ProcessRecord]:
+        """See :meth:`Store.get_many`."""
+        if not process_ids:
+            return {}
+        records = await self._fetch_records(
+            f"SELECT {COLS} FROM {self._t} WHERE process_id = ANY($1::text[])",
+            sorted(set(process_ids)),
+        )
+        return {r.process_id: r for r in records}
+
+    async def changed_since(self, since: datetime) -> builtins.list[ProcessRecord]:
+        """See :meth:`Store.changed_since`."""
+        return await self._fetch_records(
+            f"SELECT {COLS} FROM {self._t} WHERE updated_at >= $1 ORDER BY updated_at, process_id",
+            since,
+        )
+
     @staticmethod
     def _list_where(
         states: frozenset[ProcessState] | None, wanted: Mapping[str, Any]

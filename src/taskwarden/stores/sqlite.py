@@ -326,6 +326,27 @@ class SQLiteStore(Store):
         found: int = await self._submit(READ, self._count, sql, where.args)
         return found
 
+    async def get_many(self, process_ids: Collection[str]) -> dict[str, ProcessRecord]:
+        """See :meth:`Store.get_many`."""
+        ids = sorted(set(process_ids))
+        found: dict[str, ProcessRecord] = {}
+        for start in range(0, len(ids), 500):  # under SQLite's limit on placeholders
+            chunk = ids[start : start + 500]
+            sql = f"SELECT {_COLS} FROM {self._t} WHERE process_id IN ({placeholders(len(chunk))})"
+            records: builtins.list[ProcessRecord] = await self._submit(
+                READ, self._select, sql, chunk
+            )
+            found.update((r.process_id, r) for r in records)
+        return found
+
+    async def changed_since(self, since: datetime) -> builtins.list[ProcessRecord]:
+        """See :meth:`Store.changed_since`."""
+        sql = f"SELECT {_COLS} FROM {self._t} WHERE updated_at >= ? ORDER BY updated_at, process_id"
+        result: builtins.list[ProcessRecord] = await self._submit(
+            READ, self._select, sql, [encode_dt(since)]
+        )
+        return result
+
     @staticmethod
     def _count(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> int:
         return int(conn.execute(sql, args).fetchone()[0])
