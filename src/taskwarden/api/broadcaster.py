@@ -255,26 +255,28 @@ class Broadcaster:
             self.notify(process_id)
 
     async def _poll_loop(self) -> None:
-        # Each tick reads the records changed since the newest change seen, less an
-        # overlap (a write is stamped before it commits, and writers' clocks differ a
-        # little); about once a second a count tells whether something was deleted.
+        # Each tick reads the records written since the previous tick began, less an
+        # overlap: a write is stamped a little before it commits, and writers' clocks may
+        # differ a little (keep hosts in sync, or use a bus). About once a second a count
+        # tells whether something was deleted.
         assert self.poll_interval is not None
-        overlap = timedelta(seconds=max(2.0, 2 * self.poll_interval))
-        mark = max((r.updated_at for r in self.records.values()), default=datetime.now(UTC))
+        overlap = timedelta(seconds=1.0)
+        since = datetime.now(UTC) - overlap
         count_every = max(1, round(1.0 / self.poll_interval))
         tick = 0
         while True:
             await asyncio.sleep(self.poll_interval)
             tick += 1
+            began = datetime.now(UTC)
             try:
-                current = await self.store.changed_since(mark - overlap)
+                current = await self.store.changed_since(since)
                 self.store_reads += 1
                 total = await self.store.count() if tick % count_every == 0 else None
             except StoreError as exc:
                 logger.warning("change feed could not poll the store: %s", exc)
                 continue
+            since = began - overlap
             for record in current:
-                mark = max(mark, record.updated_at)
                 self._offer(record)
             if total is not None:
                 self.store_reads += 1
