@@ -274,15 +274,23 @@ class Store(ABC):
     # -- definitions ------------------------------------------------------------------
 
     @abstractmethod
-    async def create(self, record: ProcessRecord) -> ProcessRecord:
+    async def create(
+        self, record: ProcessRecord, *, parent_owner: str | None = None
+    ) -> ProcessRecord:
         """Insert a new process record as given and return it as stored.
 
         The store sets ``updated_at``; everything else is kept as given (``created_at``
         included). Atomic: of two concurrent creates of one id, exactly one succeeds.
 
+        With ``parent_owner``, the insert is fenced: it happens only if the record's
+        parent is leased by ``parent_owner`` at that moment (checked in the same
+        transaction), so a worker that lost its lease cannot add children to a newer
+        attempt.
+
         Raises:
             InvalidDefinition: a record with this ``process_id`` exists, or a value cannot
                 be stored (``params``, ``metadata`` and log ``data`` must be JSON values).
+            LeaseLost: ``parent_owner`` was given and does not hold the parent's lease.
         """
 
     @abstractmethod

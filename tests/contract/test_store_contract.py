@@ -530,6 +530,21 @@ async def test_count_counts_what_list_returns_without_a_limit(store: Store) -> N
         await store.count(metadata={"a": None})
 
 
+async def test_a_fenced_create_needs_the_parents_lease(store: Store) -> None:
+    """create(parent_owner=) inserts a child only while its parent is leased by that owner."""
+    await put(store, process_id="p", state=S.RUNNING, lease_owner="w1")
+    child = rec(process_id="p/c", parent_id="p", root_id="p", depth=1)
+    with pytest.raises(LeaseLost) as refused:
+        await store.create(child, parent_owner="w0")
+    assert "'w1'" in str(refused.value) and "'w0'" in str(refused.value)
+    assert await store.get("p/c") is None
+    orphan = rec(process_id="q/c", parent_id="q", root_id="q", depth=1)
+    with pytest.raises(LeaseLost):
+        await store.create(orphan, parent_owner="w1")
+    created = await store.create(child, parent_owner="w1")
+    assert created.parent_id == "p" and await store.get("p/c") is not None
+
+
 async def test_get_many_reads_the_records_it_finds(store: Store) -> None:
     """get_many() answers by id, and leaves out the ids no record has."""
     await _tree(store)

@@ -543,3 +543,42 @@ async def test_a_refused_progress_write_stops_the_run_before_any_renewal(
     assert len(stopped) == 1 and "lease-lost" in stopped[0]
     record = await state_of(client, "job")
     assert record.lease_owner == "someone-else" and record.progress_message == "the new attempt"
+
+
+async def test_a_child_is_not_created_under_a_parent_whose_lease_was_lost(
+    store_url: tuple[str, str], client: Store
+) -> None:
+    """Creating a child is fenced by the parent's lease: a stalled worker whose process
+    another worker now holds cannot add children to the new attempt; it stops its copy
+    with ``lease-lost``, and ``run_child`` raises LeaseLost in it."""
+    stopped: list[str] = []
+    go = asyncio.Event()
+
+    async def parent(ctx: ProcessContext) -> None:
+        try:
+            await go.wait()
+            await ctx.run_child(lambda c: asyncio.sleep(0), "job/child", "Child")
+        except LeaseLost as exc:
+            stopped.append(f"{exc.reason}: {ctx.scope.context.cancel_message}")
+            raise
+
+    slow = {"renew_interval": 20.0, "lease_seconds": 60.0}
+    async with worker(store_url, task("job", parent), poll_interval=0.02, **slow) as w:
+        await launch(client, "job")
+        await eventually(lambda: _is(client, "job", S.RUNNING))
+        held = await state_of(client, "job")
+        await client.transition("job", {S.RUNNING}, S.FAILED, expected_owner=held.lease_owner)
+        await client.transition(
+            "job",
+            {S.FAILED},
+            S.SCHEDULED,
+            lease_owner="someone-else",
+            lease_expires_at=utcnow() + timedelta(seconds=60),
+        )
+        await client.transition("job", {S.SCHEDULED}, S.RUNNING, expected_owner="someone-else")
+        go.set()
+        await eventually(lambda: _no_runs(w), timeout=5)
+    assert len(stopped) == 1 and "lease-lost" in stopped[0]
+    assert await client.get("job/child") is None
+    record = await state_of(client, "job")
+    assert record.lease_owner == "someone-else" and record.state is S.RUNNING

@@ -572,7 +572,12 @@ class RunMixin(EngineBase):
             await self.store.delete(task.process_id, descendants=True)
         record = new_record(task, now=self.clock.wall(), parent=parent_run.record, order=order)
         try:
-            await self.store.create(record)
+            try:
+                await self.store.create(record, parent_owner=self.engine_id)
+            except LeaseLost as exc:
+                # The parent's lease was lost: a newer attempt may own it. Stop this copy.
+                self._lose(parent_run, f"lease-lost: {exc}")
+                raise
             scheduled = await self.store.transition(
                 task.process_id, {S.IDLE}, S.SCHEDULED, **self._hold()
             )

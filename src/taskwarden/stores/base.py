@@ -549,6 +549,19 @@ def progress_refused(process_id: str, expected_owner: str, lease_owner: str | No
     )
 
 
+def child_refused(
+    child_id: str, parent_id: str | None, expected_owner: str, owner: str | None
+) -> LeaseLost:
+    """Why a fenced create of a child was refused: its parent is not leased by the writer."""
+    return LeaseLost(
+        child_id,
+        None,
+        "created",
+        f"child {child_id!r} was not created: its parent {parent_id!r} is leased by "
+        f"{owner!r}, not {expected_owner!r} (the parent's lease was lost)",
+    )
+
+
 _valid_edges: dict[tuple[Any, ...], frozenset[ProcessState]] = {}
 
 

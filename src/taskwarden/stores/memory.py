@@ -29,6 +29,7 @@ from taskwarden.stores.base import (
     check_edges,
     check_limit,
     check_runtime_fields,
+    child_refused,
     duplicate_process,
     json_dumps,
     list_filters,
@@ -115,11 +116,18 @@ class MemoryStore(Store):
 
     # -- definitions ------------------------------------------------------------------
 
-    async def create(self, record: ProcessRecord) -> ProcessRecord:
+    async def create(
+        self, record: ProcessRecord, *, parent_owner: str | None = None
+    ) -> ProcessRecord:
         """See :meth:`Store.create`."""
         self._check_open()
         if record.process_id in self._records:
             raise duplicate_process(record.process_id)
+        if parent_owner is not None:
+            parent = self._records.get(record.parent_id or "")
+            owner = None if parent is None else parent.lease_owner
+            if owner != parent_owner:
+                raise child_refused(record.process_id, record.parent_id, parent_owner, owner)
         times: dict[str, Any] = {
             key: to_utc(value)
             for key in _TIME_FIELDS

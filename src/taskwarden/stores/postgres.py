@@ -36,6 +36,7 @@ from taskwarden.stores.base import (
     SqlWhere,
     check_edges,
     check_runtime_fields,
+    child_refused,
     count_statement,
     definition_update,
     duplicate_process,
@@ -217,15 +218,28 @@ class PostgresStore(Store):
 
     # -- definitions ------------------------------------------------------------------
 
-    async def create(self, record: ProcessRecord) -> ProcessRecord:
+    async def create(
+        self, record: ProcessRecord, *, parent_owner: str | None = None
+    ) -> ProcessRecord:
         """See :meth:`Store.create`."""
         values = process_values(record, encode_field, self.clock.wall())
         placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
         sql = f"INSERT INTO {self._t} ({COLS}) VALUES ({placeholders}) RETURNING {COLS}"
+        # FOR SHARE keeps the reaper from taking the parent's lease until the insert commits.
+        fence = f"SELECT lease_owner FROM {self._t} WHERE process_id = $1 FOR SHARE"
 
         async def op(conn: asyncpg.Connection) -> ProcessRecord:
             try:
-                row = await conn.fetchrow(sql, *values)
+                if parent_owner is None:
+                    row = await conn.fetchrow(sql, *values)
+                else:
+                    async with conn.transaction():
+                        owner = await conn.fetchval(fence, record.parent_id)
+                        if owner != parent_owner:
+                            raise child_refused(
+                                record.process_id, record.parent_id, parent_owner, owner
+                            )
+                        row = await conn.fetchrow(sql, *values)
             except asyncpg.UniqueViolationError:
                 raise duplicate_process(record.process_id) from None
             except asyncpg.IntegrityConstraintViolationError as exc:

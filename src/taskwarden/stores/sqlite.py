@@ -38,6 +38,7 @@ from taskwarden.stores.base import (
     SqlWhere,
     check_edges,
     check_runtime_fields,
+    child_refused,
     count_statement,
     definition_update,
     duplicate_process,
@@ -231,15 +232,32 @@ class SQLiteStore(Store):
 
     # -- definitions ------------------------------------------------------------------
 
-    async def create(self, record: ProcessRecord) -> ProcessRecord:
+    async def create(
+        self, record: ProcessRecord, *, parent_owner: str | None = None
+    ) -> ProcessRecord:
         """See :meth:`Store.create`."""
         values = process_values(record, encode_field, encode_dt(self.clock.wall()))
-        result: ProcessRecord = await self._submit(WRITE, self._create, record.process_id, values)
+        fence = None if parent_owner is None else (record.parent_id, parent_owner)
+        result: ProcessRecord = await self._submit(
+            WRITE, self._create, record.process_id, values, fence
+        )
         return result
 
     def _create(
-        self, conn: sqlite3.Connection, process_id: str, values: list[Any]
+        self,
+        conn: sqlite3.Connection,
+        process_id: str,
+        values: list[Any],
+        fence: tuple[str | None, str] | None = None,
     ) -> ProcessRecord:
+        if fence is not None:  # in the write transaction: no one else writes meanwhile
+            parent_id, expected = fence
+            found = conn.execute(
+                f"SELECT lease_owner FROM {self._t} WHERE process_id = ?", (parent_id,)
+            ).fetchone()
+            owner = None if found is None else found[0]
+            if owner != expected:
+                raise child_refused(process_id, parent_id, expected, owner)
         try:
             row = conn.execute(
                 f"INSERT INTO {self._t} ({_COLS}) VALUES ({placeholders(len(values))}) "
