@@ -8,6 +8,7 @@ spawned process is killed in a ``finally``. Waits are bounded polls of the store
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import signal
 import subprocess
@@ -242,9 +243,15 @@ async def test_three_workers_race_for_1000_launches_and_run_each_once(
     ids = [f"quick-{n}" for n in range(1000)]
     for process_id in ids:
         await launch(client, process_id)
-    async with asyncio.timeout(120):
-        while len(await client.list(state=[S.DONE])) < len(ids):  # noqa: ASYNC110 - workers write
-            await asyncio.sleep(0.1)
+    try:
+        async with asyncio.timeout(120):
+            while len(await client.list(state=[S.DONE])) < len(ids):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        states = collections.Counter(str(r.state) for r in await client.list())
+        logs = "\n".join(w.stderr()[-2000:] for w in fleet.workers)
+        workers = await client.list_workers()
+        pytest.fail(f"not all done after 120 s: {dict(states)}; workers {workers}\n{logs}")
     runs = await client.query_history(limit=5000)
     assert sorted(r.process_id or "" for r in runs) == sorted(ids)
     assert all(r.status is OperationStatus.COMPLETED and r.run_number == 1 for r in runs)
