@@ -505,6 +505,21 @@ async def test_a_drain_hands_what_still_runs_back_to_the_fleet(
         await eventually(lambda: _is(client, "queued", S.DONE))
 
 
+async def _take_over(client: Store, process_id: str, owner: str) -> None:
+    """Do in the store what the reaper and another worker would: end the running attempt,
+    then start a new one leased by ``owner``."""
+    held = await state_of(client, process_id)
+    await client.transition(process_id, {S.RUNNING}, S.FAILED, expected_owner=held.lease_owner)
+    await client.transition(
+        process_id,
+        {S.FAILED},
+        S.SCHEDULED,
+        lease_owner=owner,
+        lease_expires_at=utcnow() + timedelta(seconds=60),
+    )
+    await client.transition(process_id, {S.SCHEDULED}, S.RUNNING, expected_owner=owner)
+
+
 async def test_a_refused_progress_write_stops_the_run_before_any_renewal(
     store_url: tuple[str, str], client: Store
 ) -> None:
@@ -528,16 +543,7 @@ async def test_a_refused_progress_write_stops_the_run_before_any_renewal(
     async with worker(store_url, task("job", reporter), poll_interval=0.02, **slow) as w:
         await launch(client, "job")
         await eventually(lambda: _is(client, "job", S.RUNNING))
-        held = await state_of(client, "job")
-        await client.transition("job", {S.RUNNING}, S.FAILED, expected_owner=held.lease_owner)
-        await client.transition(
-            "job",
-            {S.FAILED},
-            S.SCHEDULED,
-            lease_owner="someone-else",
-            lease_expires_at=utcnow() + timedelta(seconds=60),
-        )
-        await client.transition("job", {S.SCHEDULED}, S.RUNNING, expected_owner="someone-else")
+        await _take_over(client, "job", "someone-else")
         await client.update_progress("job", 5.0, "the new attempt", expected_owner="someone-else")
         await eventually(lambda: _no_runs(w), timeout=5)
     assert len(stopped) == 1 and "lease-lost" in stopped[0]
@@ -566,16 +572,7 @@ async def test_a_child_is_not_created_under_a_parent_whose_lease_was_lost(
     async with worker(store_url, task("job", parent), poll_interval=0.02, **slow) as w:
         await launch(client, "job")
         await eventually(lambda: _is(client, "job", S.RUNNING))
-        held = await state_of(client, "job")
-        await client.transition("job", {S.RUNNING}, S.FAILED, expected_owner=held.lease_owner)
-        await client.transition(
-            "job",
-            {S.FAILED},
-            S.SCHEDULED,
-            lease_owner="someone-else",
-            lease_expires_at=utcnow() + timedelta(seconds=60),
-        )
-        await client.transition("job", {S.SCHEDULED}, S.RUNNING, expected_owner="someone-else")
+        await _take_over(client, "job", "someone-else")
         go.set()
         await eventually(lambda: _no_runs(w), timeout=5)
     assert len(stopped) == 1 and "lease-lost" in stopped[0]
