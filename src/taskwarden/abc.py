@@ -325,13 +325,17 @@ class Store(ABC):
         metadata: Mapping[str, Any] | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        roots_only: bool = False,
+        search: str | None = None,
     ) -> builtins.list[ProcessRecord]:
         """Records matching every given filter, sorted by ``(depth, order, process_id)``.
 
         Filters combine with AND: ``state`` (one state or any of several), ``root_id``,
         ``parent_id``, and ``metadata``, where each ``key: value`` pair must equal the
         record's ``metadata[key]`` (values are str, int, float or bool; a bool matches only
-        a bool, a number only a number).
+        a bool, a number only a number); ``roots_only`` keeps processes without a parent;
+        ``search`` keeps those whose name or id contains the text, ignoring case (ASCII
+        case on SQLite).
 
         Pagination is by keyset: pass the :attr:`~ProcessRecord.cursor` of the last record
         of a page as ``cursor`` to get the records strictly after it; records created or
@@ -349,6 +353,8 @@ class Store(ABC):
         root_id: str | None = None,
         parent_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        roots_only: bool = False,
+        search: str | None = None,
     ) -> int:
         """How many records :meth:`list` would return with these filters and no limit.
 
@@ -358,7 +364,12 @@ class Store(ABC):
             ConfigurationError: as for :meth:`list`.
         """
         found = await self.list(
-            state=state, root_id=root_id, parent_id=parent_id, metadata=metadata
+            state=state,
+            root_id=root_id,
+            parent_id=parent_id,
+            metadata=metadata,
+            roots_only=roots_only,
+            search=search,
         )
         return len(found)
 

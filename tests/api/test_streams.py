@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -15,71 +13,31 @@ import pytest
 import uvicorn
 
 from taskwarden.api import Broadcaster, create_app
-from taskwarden.api.broadcaster import Change
 from taskwarden.api.filters import parse_filter
 from taskwarden.api.multiplex import multiplexed_stream, parse_topics
 from taskwarden.api.streams import Topic, list_stream, tree_stream
 from taskwarden.bus.local import LocalBus
 from taskwarden.engine import ProcessContext
-from taskwarden.processes import LogEntry, LogLevel, ProcessRecord, ProcessState
+from taskwarden.processes import ProcessRecord, ProcessState
 from taskwarden.stores import open_store
 from taskwarden.stores.memory import MemoryStore
+from tests.api.stream_support import (
+    data,
+    entry,
+    event_id,
+    feed,
+    frames_of,
+    ids_of,
+    next_change,
+    store,
+    take,
+    topics_and_types,
+)
 from tests.engine_support import StateLog, started_engine, task
 
+__all__ = ["feed", "store"]  # fixtures
+
 S = ProcessState
-T0 = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
-
-
-def entry(message: str, seconds: int) -> LogEntry:
-    return LogEntry(timestamp=T0 + timedelta(seconds=seconds), level=LogLevel.INFO, message=message)
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    async with MemoryStore() as opened:
-        await opened.create(ProcessRecord(process_id="root", name="Root", metadata={"team": "a"}))
-        await opened.create(
-            ProcessRecord(
-                process_id="root.kid", name="Kid", parent_id="root", root_id="root", depth=1
-            )
-        )
-        await opened.create(ProcessRecord(process_id="other", name="Other", metadata={"team": "b"}))
-        yield opened
-
-
-@pytest.fixture
-async def feed(store: MemoryStore) -> AsyncIterator[Broadcaster]:
-    broadcaster = Broadcaster(store, poll_interval=None, coalesce=0.01, queue_size=8, retain=4)
-    await broadcaster.start()
-    try:
-        yield broadcaster
-    finally:
-        await broadcaster.close()
-
-
-async def next_change(subscription: Any) -> Change:
-    async with asyncio.timeout(5):
-        change: Change = await anext(aiter(subscription))
-        return change
-
-
-def data(text: str) -> dict[str, Any]:
-    lines = [line for line in text.splitlines() if line.startswith("data: ")]
-    assert len(lines) == 1, text
-    parsed: dict[str, Any] = json.loads(lines[0].removeprefix("data: "))
-    return parsed
-
-
-def event_id(text: str) -> int | None:
-    for line in text.splitlines():
-        if line.startswith("id: "):
-            return int(line.removeprefix("id: "))
-    return None
-
-
-async def take(stream: AsyncIterator[str]) -> str:
-    async with asyncio.timeout(5):
-        return await anext(stream)
 
 
 # ------------------------------------------------------------------ the feed
@@ -200,7 +158,7 @@ async def test_without_a_bus_one_poll_per_interval_sees_other_writers(
         await broadcaster.close()
 
 
-async def test_a_change_after_a_quiet_spell_goes_out_at_once_the_next_ones_wait(
+async def test_coalescing_is_per_process_a_busy_one_never_delays_a_quiet_one(
     feed: Broadcaster, store: MemoryStore
 ) -> None:
     feed.coalesce = 0.5
@@ -211,14 +169,31 @@ async def test_a_change_after_a_quiet_spell_goes_out_at_once_the_next_ones_wait(
     feed.notify("root")
     await next_change(watcher)
     first = loop.time()
-    assert first - started < feed.coalesce  # trailing-edge coalescing waited it out
+    assert first - started < feed.coalesce  # a change after a quiet spell goes out at once
     await store.update_progress("root", 2, "second")
-    feed.notify("root")
+    feed.notify("root")  # inside root's window: it waits
     await store.update_progress("other", 3, "third")
-    feed.notify("other")
-    change = await next_change(watcher)
-    assert loop.time() - first >= feed.coalesce  # one frame per window, at most
-    assert sorted(p.process_id for p in change.processes) == ["other", "root"]
+    feed.notify("other")  # other was quiet: it goes out at once, alone
+    quiet = await next_change(watcher)
+    assert loop.time() - first < feed.coalesce
+    assert [p.process_id for p in quiet.processes] == ["other"]
+    await store.update_progress("root", 4, "fourth")
+    feed.notify("root")
+    await store.update_progress("other", 5, "fifth")
+    feed.notify("other")  # now inside its own window too
+    busy = await next_change(watcher)
+    assert loop.time() - first >= feed.coalesce  # root at most once per window
+    assert busy.processes[0].process_id == "root"
+    root = busy.processes[0].record
+    assert root is not None and root.progress_message == "fourth"  # the newest, once
+    messages = {p.process_id: p.record.progress_message for p in busy.processes if p.record}
+    if "other" not in messages:  # its window ends a moment after root's
+        late = await next_change(watcher)
+        messages.update(
+            (p.process_id, p.record.progress_message) for p in late.processes if p.record
+        )
+    assert messages == {"root": "fourth", "other": "fifth"}
+    assert watcher.queue.empty()
 
 
 async def test_without_a_bus_the_poll_reads_only_what_changed_and_sees_deletions(
@@ -502,19 +477,6 @@ async def test_over_http_streams_carry_sse_headers_and_live_frames() -> None:
 
 
 # ------------------------------------------------------------------ the multiplexed stream
-def frames_of(chunk: str) -> list[str]:
-    """The SSE frames in a chunk of a stream (a multiplexed change is one chunk)."""
-    return [text for text in chunk.split("\n\n") if text]
-
-
-def topics_and_types(chunk: str) -> list[tuple[str | None, str]]:
-    return [(data(text).get("topic"), data(text)["type"]) for text in frames_of(chunk)]
-
-
-def ids_of(chunk: str) -> list[int | None]:
-    return [event_id(text) for text in frames_of(chunk)]
-
-
 async def test_multiplexed_stream_snapshots_every_topic_then_sends_frames_named_by_topic(
     feed: Broadcaster, store: MemoryStore
 ) -> None:

@@ -507,6 +507,24 @@ async def test_list_metadata_filter_is_an_and_of_equalities(store: Store) -> Non
     assert _ids_of(await store.list(metadata={"missing": "x"})) == []
 
 
+async def test_list_keeps_roots_only_and_searches_name_or_id(store: Store) -> None:
+    """roots_only drops every child; search matches a substring of the name or the id,
+    ignoring case, and treats % and _ as text."""
+    await _tree(store)
+    await put(store, process_id="ingest_50%", name="Nightly INGEST")
+    assert _ids_of(await store.list(roots_only=True)) == ["ingest_50%", "r0", "r1"]
+    assert _ids_of(await store.list(search="/A")) == ["r1/a", "r1/a/x"]  # names are upper
+    assert _ids_of(await store.list(search="nightly ingest")) == ["ingest_50%"]
+    assert _ids_of(await store.list(search="_50%")) == ["ingest_50%"]
+    assert _ids_of(await store.list(search="%")) == ["ingest_50%"]
+    assert _ids_of(await store.list(search="r1", roots_only=True)) == ["r1"]
+    assert _ids_of(await store.list(search="x", state=S.RUNNING)) == ["r1/a/x"]
+    assert _ids_of(await store.list(search="")) == _ids_of(await store.list())
+    first = await store.list(roots_only=True, limit=1)
+    rest = await store.list(roots_only=True, cursor=first[-1].cursor)
+    assert _ids_of(first + rest) == ["ingest_50%", "r0", "r1"]
+
+
 async def test_count_counts_what_list_returns_without_a_limit(store: Store) -> None:
     """count() takes list()'s filters and answers len(list(...)) in one query."""
     await _tree(store)
@@ -522,6 +540,10 @@ async def test_count_counts_what_list_returns_without_a_limit(store: Store) -> N
         {"metadata": {"customer": "2", "n": 1}},
         {"metadata": {"on": True}},
         {"metadata": {"customer": 2}},
+        {"roots_only": True},
+        {"search": "a"},
+        {"search": "R1/", "roots_only": True},
+        {"search": "1", "state": S.RUNNING},
     ]
     for filters in cases:
         assert await store.count(**filters) == len(await store.list(**filters)), filters

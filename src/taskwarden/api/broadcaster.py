@@ -5,11 +5,14 @@ true by change events: the engine's own (``Engine.on_change`` and its progress f
 the bus's ``<prefix>.process.changed`` / ``<prefix>.process.progress`` from other workers,
 and, when there is no bus, one poll of the store per ``poll_interval`` for the writes of
 other processes (it reads only the records changed since the last poll, through an index).
-A change after a quiet spell is published at once; changes that arrive within
-``coalesce`` seconds of the last one are read and published together as one
-:class:`Change`, so a process that reports progress 1,000 times a second costs a client a
-few frames a second. Streams compute their frames from the cache: the store is read per
-change, never per client.
+Coalescing is per process: a process's change is published at once unless that process
+was published less than ``coalesce`` seconds ago, in which case it waits for the end of
+its window and goes out with whatever else is due then, as one :class:`Change`. A process
+that reports progress 1,000 times a second thus costs a client a few frames a second,
+without delaying the change of a quiet process. Changes that arrive within ``gather``
+seconds of a flush share the next one (one store read for all). Streams compute their
+frames from the cache: the store is read per change, never per client, and a frame that
+every client gets alike is built once (:meth:`Broadcaster.memo`).
 
 Every subscriber has a bounded queue. A subscriber that falls behind is not waited for:
 its queue is emptied and it is told to resynchronise (:attr:`Subscription.overflowed`), and
@@ -25,9 +28,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from taskwarden.documents import process_document
 from taskwarden.errors import StoreError
+from taskwarden.processes import ProcessState
 
 if TYPE_CHECKING:
     from taskwarden.abc import Bus, BusMessage, BusSubscription, Store
@@ -37,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["Broadcaster", "Change", "ProcessChange", "Subscription"]
 
 logger = logging.getLogger("taskwarden.api")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +133,7 @@ class Broadcaster:
         prefix: str = "taskwarden",
         poll_interval: float | None = 0.1,
         coalesce: float = 0.25,
+        gather: float = 0.01,
         queue_size: int = 64,
         retain: int = 1000,
     ) -> None:
@@ -135,6 +143,7 @@ class Broadcaster:
         self.prefix = prefix
         self.poll_interval = poll_interval if bus is None else None
         self.coalesce = coalesce
+        self.gather = gather
         self.queue_size = queue_size
         self.records: dict[str, ProcessRecord] = {}
         """Every process, by id, as of the last published change."""
@@ -147,7 +156,11 @@ class Broadcaster:
         """How many times a client fell behind and was sent a fresh snapshot."""
         self.listeners: list[Callable[[Change], None]] = []
         """Called with every published change, before the clients get it (the metrics)."""
+        self.counts: dict[ProcessState, int] = dict.fromkeys(ProcessState, 0)
+        """How many processes are in each state, as of the last published change."""
         self.closing = asyncio.Event()
+        self._summaries: dict[str, tuple[ProcessRecord, dict[str, Any]]] = {}
+        self._memo: dict[str, tuple[int, Any]] = {}
         self._history: deque[Change] = deque(maxlen=retain)
         self._subscribers: set[Subscription] = set()
         self._dirty: set[str] = set()
@@ -165,6 +178,9 @@ class Broadcaster:
                 return
             self.records = {r.process_id: r for r in await self.store.list()}
             self.store_reads += 1
+            self.counts = dict.fromkeys(ProcessState, 0)
+            for record in self.records.values():
+                self.counts[record.state] += 1
             if self.engine is not None:
                 self.engine.on_change.append(self._on_engine_change)
                 self.engine.on_progress.append(self.notify)
@@ -212,6 +228,31 @@ class Broadcaster:
     def subscribers(self) -> int:
         """How many streams are connected."""
         return len(self._subscribers)
+
+    def summary(self, record: ProcessRecord) -> dict[str, Any]:
+        """``record`` for a stream: its document without the log (logs go in ``log``
+        frames). Built once per record version and shared by every stream: do not
+        change it."""
+        cached = self._summaries.get(record.process_id)
+        if cached is not None and cached[0] is record:
+            return cached[1]
+        doc = process_document(record)
+        del doc["log"]
+        self._summaries[record.process_id] = (record, doc)
+        return doc
+
+    def memo(self, key: str, seq: int, compute: Callable[[], T]) -> T:
+        """What ``compute`` gives for change ``seq``, computed once for every stream that
+        asks (a frame that does not depend on the client). Only the newest ``seq`` of each
+        key is kept."""
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] == seq:
+            value: T = hit[1]
+            return value
+        value = compute()
+        if hit is None or hit[0] < seq:
+            self._memo[key] = (seq, value)
+        return value
 
     def since(self, seq: int) -> list[Change] | None:
         """The changes published after ``seq``, or None when some of them are no longer
@@ -312,30 +353,49 @@ class Broadcaster:
 
     # ------------------------------------------------------------------ publishing
     async def _flush_loop(self) -> None:
-        # A change after a quiet spell goes out at once; changes within ``coalesce`` of
-        # the last frame wait for the end of that window and go out together.
         loop = asyncio.get_running_loop()
-        last = float("-inf")
+        sent: dict[str, float] = {}  # process id -> when it was last published
+        last_flush = float("-inf")
         while True:
             await self._wake.wait()
-            delay = last + self.coalesce - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if (gap := last_flush + self.gather - loop.time()) > 0:
+                await asyncio.sleep(gap)  # let a burst of events share one store read
             self._wake.clear()
-            last = loop.time()
-            pending, self._pending = self._pending, {}
-            dirty, self._dirty = self._dirty, set()
-            fresh: dict[str, ProcessRecord | None] = dict(pending)
+            now = loop.time()
+            waiting = self._pending.keys() | self._dirty
+            due = {pid: sent.get(pid, float("-inf")) + self.coalesce for pid in waiting}
+            ready = {pid for pid, at in due.items() if at <= now}
+            if not ready:
+                if due:  # every waiting process is inside its window: wait for the first
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), min(due.values()) - now)
+                    self._wake.set()
+                continue
+            last_flush = now
+            fresh: dict[str, ProcessRecord | None] = {
+                pid: self._pending.pop(pid) for pid in ready if pid in self._pending
+            }
+            dirty = ready & self._dirty
+            self._dirty -= dirty
             if dirty:
                 try:
                     found = await self.store.get_many(dirty)
                 except StoreError as exc:
                     logger.warning("change feed could not read %d records: %s", len(dirty), exc)
                     self._dirty |= dirty  # read them at the next flush
+                    for process_id, record in fresh.items():
+                        if record is not None:
+                            self._pending.setdefault(process_id, record)
                     continue
                 self.store_reads += 1
                 fresh.update((process_id, found.get(process_id)) for process_id in dirty)
+            for process_id in ready:
+                sent[process_id] = now
+            if len(sent) > 1000 + 2 * len(ready):  # forget windows that are over
+                sent = {pid: at for pid, at in sent.items() if at + self.coalesce > now}
             self._publish(fresh)
+            if self._pending or self._dirty:
+                self._wake.set()  # the ones still in their window
 
     def _publish(self, fresh: dict[str, ProcessRecord | None]) -> None:
         changes = []
@@ -347,10 +407,14 @@ class Broadcaster:
                 continue
             new_log, cleared = _log_delta(previous, record)
             changes.append(ProcessChange(process_id, record, previous, new_log, cleared))
+            if previous is not None:
+                self.counts[previous.state] -= 1
             if record is None:
                 del self.records[process_id]
+                self._summaries.pop(process_id, None)
             else:
                 self.records[process_id] = record
+                self.counts[record.state] += 1
         if not changes:
             return
         self.seq += 1

@@ -34,6 +34,7 @@ from taskwarden.api.streams import (
     RETRY_MS,
     STREAM_HEADERS,
     Batch,
+    ChangesTopic,
     ListTopic,
     Topic,
     TreeTopic,
@@ -62,7 +63,8 @@ def parse_topics(
     predicate: MetadataPredicate | None = None,
     max_depth: int | None = None,
 ) -> list[Topic]:
-    """The topics named ``processes`` or ``tree:<process id>``, in order, without repeats.
+    """The topics named ``processes``, ``changes`` or ``tree:<process id>``, in order,
+    without repeats.
 
     Raises:
         ConfigurationError: no topic, an unknown one, or more than :data:`MAX_TOPICS`.
@@ -73,14 +75,19 @@ def parse_topics(
             continue
         if name == ListTopic.name:
             topics[name] = ListTopic(feed, predicate)
+        elif name == ChangesTopic.name:
+            topics[name] = ChangesTopic(feed, predicate)
         elif name.startswith("tree:") and len(name) > len("tree:"):
             topics[name] = TreeTopic(feed, name.removeprefix("tree:"), max_depth)
         else:
             raise ConfigurationError(
-                f"topic {name!r} is unknown: pass topic=processes or topic=tree:<process id>"
+                f"topic {name!r} is unknown: pass topic=processes, topic=changes or "
+                "topic=tree:<process id>"
             )
     if not topics:
-        raise ConfigurationError("no topic: pass topic=processes and/or topic=tree:<process id>")
+        raise ConfigurationError(
+            "no topic: pass topic=processes, topic=changes and/or topic=tree:<process id>"
+        )
     if len(topics) > MAX_TOPICS:
         raise ConfigurationError(f"{len(topics)} topics: one stream carries {MAX_TOPICS} at most")
     return list(topics.values())
@@ -88,13 +95,14 @@ def parse_topics(
 
 def _batch_text(batch: Batch) -> str:
     seq, per_topic = batch
-    payloads: list[dict[str, Any]] = [
-        {"topic": topic.name, **payload} for topic, frames in per_topic for payload, _ in frames
+    payloads: list[tuple[dict[str, Any], str]] = [
+        (payload, topic.name) for topic, frames in per_topic for payload, _ in frames
     ]
     if not payloads:
         return ""
-    *head, last = payloads
-    return "".join(frame(payload) for payload in head) + frame(last, seq)
+    *head, (last, last_topic) = payloads
+    text = "".join(frame(payload, topic=name) for payload, name in head)
+    return text + frame(last, seq, topic=last_topic)
 
 
 async def multiplexed_stream(
@@ -139,7 +147,7 @@ async def stream(
     request: Request,
     topic: Annotated[
         list[str],
-        Query(description="processes, or tree:<process id>; repeat for several"),
+        Query(description="processes, changes, or tree:<process id>; repeat for several"),
     ],
     metadata_filter: Annotated[
         str | None, Query(alias="metadataFilter", description="filters the processes topic")

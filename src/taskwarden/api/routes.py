@@ -79,6 +79,13 @@ async def list_processes(
     root_id: Annotated[str | None, Query(alias="rootId")] = None,
     state: Annotated[ProcessState | None, Query()] = None,
     metadata_filter: Annotated[str | None, Query(alias="metadataFilter")] = None,
+    roots_only: Annotated[
+        bool, Query(alias="rootsOnly", description="only processes without a parent")
+    ] = False,
+    search: Annotated[
+        str | None,
+        Query(max_length=200, description="text in the name or the id, ignoring case"),
+    ] = None,
     database: Namespace = None,
     prefix: Namespace = None,
 ) -> dict[str, Any]:
@@ -86,6 +93,7 @@ async def list_processes(
 
     Without a filter, or with one of plain equalities, the store pages and counts (indexed
     on SQL); a richer ``metadataFilter`` is evaluated here over the matching states.
+    ``rootsOnly`` and ``search`` are taskwarden's additions (the dashboard's list).
     """
     _reject_legacy(request)
     predicate = parse_filter(metadata_filter)
@@ -101,15 +109,23 @@ async def list_processes(
     equal = store_equalities(metadata_filter)
     if equal is not None:
         found = await store.list(
-            state=state, root_id=root_id, metadata=equal, limit=limit + 1, cursor=cursor
+            state=state,
+            root_id=root_id,
+            metadata=equal,
+            limit=limit + 1,
+            cursor=cursor,
+            roots_only=roots_only,
+            search=search,
         )
-        total = await store.count(state=state, root_id=root_id, metadata=equal)
+        total = await store.count(
+            state=state, root_id=root_id, metadata=equal, roots_only=roots_only, search=search
+        )
         return {
             "items": [process_document(r) for r in found[:limit]],
             "nextCursor": found[limit - 1].cursor if len(found) > limit else None,
             "totalCount": total,
         }
-    records = await store.list(state=state, root_id=root_id)
+    records = await store.list(state=state, root_id=root_id, roots_only=roots_only, search=search)
     matching = [r for r in records if predicate is None or predicate(r.metadata)]
     start = 0 if after is None else _first_after(matching, after)
     page = matching[start : start + limit]

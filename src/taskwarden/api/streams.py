@@ -8,10 +8,14 @@ that is a resume point (the broadcaster's change number), resumption from
 ``: keepalive`` comment when a stream has been idle for ``keepalive`` seconds, and a last
 ``{"type": "shutdown"}`` frame when the server stops.
 
-What a stream shows is a *topic*: :class:`ListTopic` (every process) or :class:`TreeTopic`
-(one process and its descendants, with their logs). A topic turns the feed's cache and its
-changes into frames; the streams of optio's routes carry one topic each, and the
-multiplexed stream (:mod:`taskwarden.api.multiplex`) carries several in one connection.
+What a stream shows is a *topic*: :class:`ListTopic` (every process), :class:`TreeTopic`
+(one process and its descendants, with their logs) or :class:`ChangesTopic` (only what
+changed, and the counts by state: for a paged list of any size). A topic turns the feed's
+cache and its changes into frames; the streams of optio's routes carry one topic each, and
+the multiplexed stream (:mod:`taskwarden.api.multiplex`) carries several in one connection.
+
+A frame that every client gets alike (a :class:`Shared` payload) is encoded once per
+change, not once per client.
 """
 
 from __future__ import annotations
@@ -22,16 +26,16 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from taskwarden.documents import process_document
-
 if TYPE_CHECKING:
-    from taskwarden.api.broadcaster import Broadcaster, Change, Subscription
+    from taskwarden.api.broadcaster import Broadcaster, Change, ProcessChange, Subscription
     from taskwarden.api.filters import MetadataPredicate
     from taskwarden.processes import ProcessRecord
 
 __all__ = [
     "STREAM_HEADERS",
+    "ChangesTopic",
     "ListTopic",
+    "Shared",
     "Topic",
     "TreeTopic",
     "list_stream",
@@ -53,11 +57,37 @@ Batch = tuple[int, list[tuple["Topic", Frames]]]
 """The frames of every topic for one change, with the change number they bring a client to."""
 
 
-def frame(payload: dict[str, Any], event_id: int | None = None) -> str:
-    """One SSE frame: an optional ``id:`` line and one ``data:`` line of JSON."""
-    data = json.dumps(payload, separators=(",", ":"), default=str)
+class Shared(dict[str, Any]):
+    """A payload that every client of a change gets alike: its JSON is encoded once (and
+    kept while it is among the last few encoded). Never change one after it is made."""
+
+    __slots__ = ()
+
+
+_ENCODED: dict[tuple[int, str | None], tuple[Payload, str]] = {}
+_ENCODED_KEEP = 32
+
+
+def _json(payload: Payload, topic: str | None) -> str:
+    shared = isinstance(payload, Shared)
+    if shared:
+        hit = _ENCODED.get((id(payload), topic))
+        if hit is not None and hit[0] is payload:
+            return hit[1]
+    body = payload if topic is None else {"topic": topic, **payload}
+    text = json.dumps(body, separators=(",", ":"), default=str)
+    if shared:
+        if len(_ENCODED) >= _ENCODED_KEEP:
+            del _ENCODED[next(iter(_ENCODED))]  # the oldest
+        _ENCODED[(id(payload), topic)] = (payload, text)
+    return text
+
+
+def frame(payload: dict[str, Any], event_id: int | None = None, topic: str | None = None) -> str:
+    """One SSE frame: an optional ``id:`` line and one ``data:`` line of JSON (with
+    ``topic`` first in the object when given, as the multiplexed stream sends it)."""
     prefix = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{prefix}data: {data}\n\n"
+    return f"{prefix}data: {_json(payload, topic)}\n\n"
 
 
 def parse_last_event_id(header: str | None, query: str | None) -> int | None:
@@ -67,13 +97,6 @@ def parse_last_event_id(header: str | None, query: str | None) -> int | None:
         if value is not None and value.strip().isdigit():
             return int(value.strip())
     return None
-
-
-def summary(record: ProcessRecord) -> dict[str, Any]:
-    """A process for a stream: the document without its log (logs go in ``log`` frames)."""
-    doc = process_document(record)
-    del doc["log"]
-    return doc
 
 
 class Topic(Protocol):
@@ -115,7 +138,14 @@ class ListTopic:
 
     def _rows(self) -> list[dict[str, Any]]:
         records = sorted(self.feed.records.values(), key=lambda r: (r.depth, r.order, r.process_id))
+        summary = self.feed.summary
         return [summary(r) for r in records if self.predicate is None or self.predicate(r.metadata)]
+
+    def _update(self, seq: int) -> Payload:
+        if self.predicate is not None:
+            return {"type": "update", "processes": self._rows()}
+        # Unfiltered, every client's list is the same: build and encode it once.
+        return self.feed.memo("list", seq, lambda: Shared(type="update", processes=self._rows()))
 
     def _ids(self) -> set[str]:
         return {
@@ -127,7 +157,7 @@ class ListTopic:
     def snapshot(self, seq: int) -> Frames:
         """One ``update`` with the whole filtered list."""
         self._shown = self._ids()
-        return [({"type": "update", "processes": self._rows()}, seq)]
+        return [(self._update(seq), seq)]
 
     def resume(self, replay: list[Change] | None, seq: int) -> Frames:
         """Nothing when the client is up to date, else the whole list (every frame is)."""
@@ -142,7 +172,7 @@ class ListTopic:
         if not change.touches(now | self._shown):
             return []
         self._shown = now
-        return [({"type": "update", "processes": self._rows()}, self.feed.seq)]
+        return [(self._update(self.feed.seq), self.feed.seq)]
 
 
 class TreeTopic:
@@ -201,7 +231,7 @@ class TreeTopic:
     def _snapshot(self, seq: int, nodes: list[ProcessRecord]) -> Frames:
         return [
             ({"type": "log-clear"}, None),
-            ({"type": "update", "processes": [summary(r) for r in nodes]}, seq),
+            ({"type": "update", "processes": [self.feed.summary(r) for r in nodes]}, seq),
             ({"type": "log", "entries": self._entries((r, r.log) for r in nodes)}, seq),
         ]
 
@@ -217,7 +247,8 @@ class TreeTopic:
             return []
         if any(p.log_cleared for p in touched):
             return self._snapshot(change.seq, nodes)
-        out: Frames = [({"type": "update", "processes": [summary(r) for r in nodes]}, change.seq)]
+        rows = [self.feed.summary(r) for r in nodes]
+        out: Frames = [({"type": "update", "processes": rows}, change.seq)]
         gained = self._entries((p.record, p.new_log) for p in touched if p.record is not None)
         if gained:
             out.append(({"type": "log", "entries": gained}, change.seq))
@@ -237,6 +268,76 @@ class TreeTopic:
     def apply(self, change: Change) -> Frames:
         """The subtree's rows and the entries it gained, when the change touched it."""
         return self._delta(change, self._members())
+
+
+class ChangesTopic:
+    """What a paged list needs, for any number of processes: the counts by state, and the
+    rows of the processes that changed (never the whole list).
+
+    Frames: ``{"type": "counts", "counts": {state: n}, "total": n}`` (every process,
+    whatever the filter) first and whenever the counts move; ``{"type": "changed",
+    "processes": [rows], "removed": [ids]}`` for each change that touches a process the
+    filter keeps (a row as in ``update`` frames; ``removed`` lists deleted ids). A
+    snapshot starts with ``{"type": "reset"}``: the client re-reads the page it shows
+    (``GET /api/processes``), since it may have missed changes.
+    """
+
+    name = "changes"
+
+    def __init__(self, feed: Broadcaster, predicate: MetadataPredicate | None) -> None:
+        self.feed = feed
+        self.predicate = predicate
+        self._counts: Payload | None = None
+
+    def _counts_frame(self, seq: int) -> Frames:
+        counts = self.feed.memo("counts", seq, self._count)
+        if self._counts is not None and self._counts["counts"] == counts["counts"]:
+            return []
+        self._counts = counts
+        return [(counts, seq)]
+
+    def _count(self) -> Shared:
+        counts = {state.value: n for state, n in self.feed.counts.items()}
+        return Shared(type="counts", counts=counts, total=len(self.feed.records))
+
+    def _keeps(self, p: ProcessChange) -> bool:
+        if self.predicate is None:
+            return True
+        return any(r is not None and self.predicate(r.metadata) for r in (p.record, p.previous))
+
+    def _changed(self, changes: list[Change]) -> Payload | None:
+        latest: dict[str, ProcessChange] = {}
+        for change in changes:
+            for p in change.processes:
+                if self._keeps(p):
+                    latest[p.process_id] = p
+        if not latest:
+            return None
+        rows = [self.feed.summary(p.record) for p in latest.values() if p.record is not None]
+        removed = [p.process_id for p in latest.values() if p.record is None]
+        return Shared(type="changed", processes=rows, removed=removed)
+
+    def snapshot(self, seq: int) -> Frames:
+        """``reset``, then the counts."""
+        self._counts = None
+        return [({"type": "reset"}, None), *self._counts_frame(seq)]
+
+    def resume(self, replay: list[Change] | None, seq: int) -> Frames:
+        """The rows the missed changes touched, and the counts; a snapshot when they are
+        not retained."""
+        if replay is None:
+            return self.snapshot(seq)
+        changed = self._changed(replay)
+        return ([(changed, seq)] if changed is not None else []) + self._counts_frame(seq)
+
+    def apply(self, change: Change) -> Frames:
+        """The change's rows (when the filter keeps one), then the counts if they moved."""
+        if self.predicate is None:
+            changed = self.feed.memo("changed", change.seq, lambda: self._changed([change]))
+        else:
+            changed = self._changed([change])
+        out: Frames = [(changed, change.seq)] if changed is not None else []
+        return out + self._counts_frame(change.seq)
 
 
 KEEPALIVE = "keepalive"

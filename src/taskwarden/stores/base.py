@@ -748,11 +748,13 @@ def list_statement(
     parent_id: str | None,
     after: tuple[int, int, str] | None,
     limit: int | None,
+    roots_only: bool = False,
+    search: str | None = None,
 ) -> str:
     """Finish a ``list()`` query on ``where`` (which holds the backend's own state and
-    metadata clauses): the tree filters, the keyset position, the order and the limit."""
-    where.equal("root_id", root_id)
-    where.equal("parent_id", parent_id)
+    metadata clauses): the tree and text filters, the keyset position, the order and the
+    limit."""
+    _tree_and_text(where, root_id, parent_id, roots_only, search)
     if after is not None:
         depth, order, last_id = (where.arg(value) for value in after)
         where.add(f"(depth, sort_order, process_id) > ({depth}, {order}, {last_id})")
@@ -760,15 +762,47 @@ def list_statement(
 
 
 def count_statement(
-    where: SqlWhere, table: str, *, root_id: str | None, parent_id: str | None
+    where: SqlWhere,
+    table: str,
+    *,
+    root_id: str | None,
+    parent_id: str | None,
+    roots_only: bool = False,
+    search: str | None = None,
 ) -> str:
     """Finish a ``count()`` query on ``where`` (the backend's state and metadata clauses)."""
-    where.equal("root_id", root_id)
-    where.equal("parent_id", parent_id)
+    _tree_and_text(where, root_id, parent_id, roots_only, search)
     sql = f"SELECT count(*) FROM {table}"
     if where.clauses:
         sql += " WHERE " + " AND ".join(where.clauses)
     return sql
+
+
+def _tree_and_text(
+    where: SqlWhere,
+    root_id: str | None,
+    parent_id: str | None,
+    roots_only: bool,
+    search: str | None,
+) -> None:
+    where.equal("root_id", root_id)
+    where.equal("parent_id", parent_id)
+    if roots_only:
+        where.add("parent_id IS NULL")
+    if search:
+        # instr / strpos rather than LIKE: the text needs no escaping of % and _.
+        find = "strpos" if where.numbered else "instr"
+        text = search.lower()
+        in_name, in_id = where.arg(text), where.arg(text)
+        where.add(f"({find}(lower(name), {in_name}) > 0 OR {find}(lower(process_id), {in_id}) > 0)")
+
+
+def search_matches(record: ProcessRecord, search: str | None) -> bool:
+    """``list(search=...)`` in Python: the text in the name or the id, ignoring case."""
+    if not search:
+        return True
+    text = search.lower()
+    return text in record.name.lower() or text in record.process_id.lower()
 
 
 def history_statement(

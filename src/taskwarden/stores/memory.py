@@ -34,6 +34,7 @@ from taskwarden.stores.base import (
     json_dumps,
     list_filters,
     metadata_matches,
+    search_matches,
     progress_refused,
     store_not_open,
     to_utc,
@@ -171,6 +172,8 @@ class MemoryStore(Store):
         metadata: Mapping[str, Any] | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        roots_only: bool = False,
+        search: str | None = None,
     ) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.list`."""
         self._check_open()
@@ -181,6 +184,8 @@ class MemoryStore(Store):
             if (states is None or record.state in states)
             and (root_id is None or record.root_id == root_id)
             and (parent_id is None or record.parent_id == parent_id)
+            and (not roots_only or record.parent_id is None)
+            and search_matches(record, search)
             and (not wanted or metadata_matches(record.metadata, wanted))
             and (after is None or (record.depth, record.order, record.process_id) > after)
         ]

@@ -282,6 +282,8 @@ class PostgresStore(Store):
         metadata: Mapping[str, Any] | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        roots_only: bool = False,
+        search: str | None = None,
     ) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.list`."""
         states, wanted, after = list_filters(state, metadata, limit, cursor)
@@ -295,6 +297,8 @@ class PostgresStore(Store):
             parent_id=parent_id,
             after=after,
             limit=limit,
+            roots_only=roots_only,
+            search=search,
         )
         return await self._fetch_records(sql, *where.args)
 
@@ -305,13 +309,22 @@ class PostgresStore(Store):
         root_id: str | None = None,
         parent_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        roots_only: bool = False,
+        search: str | None = None,
     ) -> int:
         """See :meth:`Store.count`."""
         states, wanted, _ = list_filters(state, metadata, None, None)
         where = self._list_where(states, wanted)
         if where is None:
             return 0
-        sql = count_statement(where, self._t, root_id=root_id, parent_id=parent_id)
+        sql = count_statement(
+            where,
+            self._t,
+            root_id=root_id,
+            parent_id=parent_id,
+            roots_only=roots_only,
+            search=search,
+        )
 
         async def op(conn: asyncpg.Connection) -> int:
             found: int = await conn.fetchval(sql, *where.args)

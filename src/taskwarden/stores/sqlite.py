@@ -308,6 +308,8 @@ class SQLiteStore(Store):
         metadata: Mapping[str, Any] | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        roots_only: bool = False,
+        search: str | None = None,
     ) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.list`."""
         states, wanted, after = list_filters(state, metadata, limit, cursor)
@@ -321,6 +323,8 @@ class SQLiteStore(Store):
             parent_id=parent_id,
             after=after,
             limit=limit,
+            roots_only=roots_only,
+            search=search,
         )
         result: builtins.list[ProcessRecord] = await self._submit(
             READ, self._select, sql, where.args
@@ -334,13 +338,22 @@ class SQLiteStore(Store):
         root_id: str | None = None,
         parent_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        roots_only: bool = False,
+        search: str | None = None,
     ) -> int:
         """See :meth:`Store.count`."""
         states, wanted, _ = list_filters(state, metadata, None, None)
         where = self._list_where(states, wanted)
         if where is None:
             return 0
-        sql = count_statement(where, self._t, root_id=root_id, parent_id=parent_id)
+        sql = count_statement(
+            where,
+            self._t,
+            root_id=root_id,
+            parent_id=parent_id,
+            roots_only=roots_only,
+            search=search,
+        )
         found: int = await self._submit(READ, self._count, sql, where.args)
         return found
 
