@@ -149,6 +149,13 @@ async def test_list_filters_by_state_root_and_metadata_filter(
     assert await ids(metadataFilter=json.dumps(either)) == ["fails", "parent", "plain"]
     absent = {"NOT": {"metadata.team": {"exists": True}}}
     assert await ids(metadataFilter=json.dumps(absent)) == ["parent.a", "parent.b"]
+    # taskwarden's additions, for the dashboard's list: roots only, and a text search.
+    assert await ids(rootsOnly="true") == ["fails", "parent", "plain", "waits"]
+    assert await ids(search="PARENT.") == ["parent.a", "parent.b"]
+    assert await ids(search="ts", rootsOnly="true", state="idle") == ["waits"]
+    assert await ids(search="par", metadataFilter=json.dumps(either)) == ["parent"]
+    counted = await client.get("/api/processes", params={"search": "parent", "limit": 1})
+    assert counted.json()["totalCount"] == 3 and counted.json()["nextCursor"] is not None
 
 
 async def test_a_page_is_read_from_the_store_a_page_at_a_time(
@@ -409,8 +416,19 @@ async def test_auth_matrix_of_two_roles(sqlite_url: str) -> None:
             assert (await client.get("/api/processes", headers=auth("steer"))).status_code == 200
             operator_write = await client.post("/api/processes/resync", headers=auth("steer"))
             assert operator_write.json()["reason"] == "no-engine"  # allowed, then refused
-            client.cookies.set("taskwarden_token", "look")
+            # The dashboard's session cookie: the same roles, from POST /api/session.
+            client.cookies.set("taskwarden_token", "steer")  # the old JS-set cookie is gone
+            assert (await client.get("/api/processes")).status_code == 401
+            client.cookies.clear()
+            signed_in = await client.post("/api/session", json={"token": "look"})
+            assert signed_in.json()["role"] == "viewer"
             assert (await client.get("/api/processes")).status_code == 200
+            assert (await client.post("/api/processes/resync")).status_code == 403
+            await client.post("/api/session", json={"token": "steer"})
+            by_cookie = await client.post("/api/processes/resync")
+            assert by_cookie.json()["reason"] == "no-engine"
+            await client.delete("/api/session")
+            assert (await client.get("/api/processes")).status_code == 401
 
         async def check(request: Request) -> Role | None:
             return "viewer" if request.headers.get("x-user") == "ann" else None

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from taskwarden.api.auth import Authenticate, require_role, resolve_authenticate
+from taskwarden.api.auth import SESSION_MAX_AGE, Authenticate, Guard, resolve_authenticate
 from taskwarden.api.broadcaster import Broadcaster
 from taskwarden.api.commands import CommandRefused, Commands
 from taskwarden.api.health import Metrics, health_router, metrics_router
@@ -19,6 +19,7 @@ from taskwarden.api.multiplex import stream_router
 from taskwarden.api.operations import LiveView, operations_router
 from taskwarden.api.responses import COMMON, OPEN, declare_errors
 from taskwarden.api.routes import NotFound, Service, router
+from taskwarden.api.session import identity_router, session_router
 from taskwarden.api.web import web_router
 from taskwarden.errors import ConfigurationError, StoreError
 from taskwarden.registry import OperationRegistry
@@ -44,6 +45,7 @@ def create_app(
     keepalive: float = 15.0,
     supervisor: Supervisor | None = None,
     registry: OperationRegistry | None = None,
+    session_max_age: float = SESSION_MAX_AGE,
 ) -> FastAPI:
     """The service over ``store``: optio's REST routes and streams, taskwarden's own.
 
@@ -63,15 +65,21 @@ def create_app(
         supervisor: a supervisor in this process: ``GET /api/supervisor`` shows its tasks.
         registry: whose live operations ``/api/operations`` shows for this process
             (default: the engine's, else the process-wide registry).
+        session_max_age: seconds a dashboard session (``POST /api/session``) lasts.
 
     The app's change feed starts with the first stream (or at the app's startup when it
     is run, not mounted) and stops at its shutdown; a host that mounts the app and has
     its own lifespan can call ``app.state.taskwarden.feed.close()`` when it stops.
 
     Raises:
-        ConfigurationError: conflicting or invalid auth settings.
+        ConfigurationError: conflicting or invalid auth settings (or a session max age
+            that is not positive).
     """
-    check = resolve_authenticate(tokens, authenticate)
+    guard = Guard(
+        tokens=resolve_authenticate(tokens, authenticate),
+        authenticate=authenticate,
+        session_max_age=session_max_age,
+    )
     feed = Broadcaster(
         store,
         bus=bus,
@@ -109,12 +117,17 @@ def create_app(
         store=store, registry=registry, bus=bus, prefix=prefix, supervisor=supervisor
     )
     app.state.taskwarden_metrics = Metrics(feed)
-    guard = [Depends(require_role(check))]
-    app.include_router(router, dependencies=guard, responses=COMMON)
-    app.include_router(operations_router, dependencies=guard, responses=COMMON)
-    app.include_router(stream_router, dependencies=guard, responses=COMMON)
+    app.state.taskwarden_guard = guard
+    checked = [Depends(guard.require())]
+    app.include_router(router, dependencies=checked, responses=COMMON)
+    app.include_router(operations_router, dependencies=checked, responses=COMMON)
+    app.include_router(stream_router, dependencies=checked, responses=COMMON)
+    app.include_router(session_router)
+    app.include_router(
+        identity_router, dependencies=[Depends(guard.require("viewer"))], responses=COMMON
+    )
     app.include_router(health_router, responses=OPEN)
-    app.include_router(metrics_router, dependencies=guard, responses=COMMON)
+    app.include_router(metrics_router, dependencies=checked, responses=COMMON)
     app.include_router(web_router)
     _install_error_handlers(app)
     declare_errors(app)

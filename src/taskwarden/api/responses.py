@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-__all__ = ["COMMAND", "COMMON", "OPEN", "READ", "declare_errors"]
+__all__ = ["COMMAND", "COMMON", "NO_SESSIONS", "OPEN", "READ", "SESSION", "declare_errors"]
 
 
 class Message(BaseModel):
@@ -51,6 +51,19 @@ COMMAND: dict[int | str, dict[str, Any]] = {
     409: {"model": Refusal, "description": "Refused in the current state; reason says why"},
 }
 """Commands: optio's ``{reason, message}`` refusals."""
+
+SESSION: dict[int | str, dict[str, Any]] = {
+    **OPEN,
+    401: _message("The token is not one this server accepts; nothing was set"),
+    403: _message("Cross-site request refused"),
+    404: _message("This server has no tokens, so no sessions"),
+}
+"""Signing in: reachable without a role, refused cross-site."""
+
+NO_SESSIONS: dict[int | str, dict[str, Any]] = {
+    404: _message("This server is open: its streams need no ticket"),
+}
+"""Stream tickets on an open server."""
 
 
 def declare_errors(app: FastAPI) -> None:
