@@ -305,10 +305,10 @@ def test_the_page_holds_one_event_stream_and_asks_before_risky_commands(
     )
     assert streams["maxOpen"] == 1 and streams["open"] == 1
     assert streams["urls"] == [
-        "api/stream?topic=processes",
-        "api/stream?topic=processes&topic=tree%3Areport",
-        "api/stream?topic=processes&topic=tree%3Abroken",
-        "api/stream?topic=processes&topic=tree%3Arisky",
+        "api/stream?topic=changes",
+        "api/stream?topic=changes&topic=tree%3Areport",
+        "api/stream?topic=changes&topic=tree%3Abroken",
+        "api/stream?topic=changes&topic=tree%3Arisky",
     ]
     resources = browser.execute_script(
         "return performance.getEntriesByType('resource').map((e) => e.name)"

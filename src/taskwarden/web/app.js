@@ -1,8 +1,10 @@
 // The taskwarden dashboard: no build step, no dependencies. One event stream per page
-// (browsers allow about six connections per origin): api/stream carries the process list
-// and the tree of the process being looked at, each frame naming its topic. The other
-// panels (history.js, fleet.js) read their routes: on a change the stream shows, or on a
-// slow poll of one cheap route each.
+// (browsers allow about six connections per origin): api/stream carries the "changes"
+// topic (the counts by state and the rows that changed, never the whole list) and the
+// tree of the process being looked at, each frame naming its topic. The list shows one
+// page, read from api/processes with the filters applied by the server, so a store of
+// any size loads a page at a time. The other panels (history.js, fleet.js) read their
+// routes: on a change the stream shows, or on a slow poll of one cheap route each.
 import { $, el, api, ask, badge, progressBar, refusal, session, setRole, probeRole, initTheme, TERMINAL } from "./util.js";
 import { onProcesses, startHistory, historyOf } from "./history.js";
 import { onWorkers, servedBy, startFleet, tickFleet } from "./fleet.js";
@@ -11,15 +13,23 @@ const PAGE_SIZE = 50;
 const STATES = ["idle", "scheduled", "running", "cancel_requested", "cancelling", "done", "failed", "cancelled"];
 const CANCELLABLE = ["scheduled", "running"];
 
+const RELOAD_EVERY = 1000;  // ms: the page is re-read at most this often while it changes
+
 const view = {
-  processes: [],      // the last snapshot shown
-  waiting: null,      // a snapshot received while paused
-  paused: false,
+  rows: [],           // the page shown, as api/processes answered it
+  total: 0,           // how many processes the filters match
+  starts: [null],     // the cursor of each page's start (null: the first page)
   page: 0,
+  nextCursor: null,
+  counts: {},         // every process, by state, from the stream
+  loads: 0,           // numbers the page reads, so that a late answer is dropped
+  reloadAt: 0,        // when the page was last read
+  reloadTimer: null,
+  waiting: false,     // changes came while paused
+  paused: false,
   selected: null,
   tree: new Map(),    // processId -> row of the open tree
   stream: null,       // the page's one EventSource
-  listData: null,     // the last list frame as received
   started: false,     // the panels' polls run
 };
 
@@ -43,30 +53,34 @@ function setConnection(ok) {
   indicator.className = `connection ${ok ? "connected" : "reconnecting"}`;
 }
 
-function visible() {
+// The filters, as the server applies them: state, the search text, and "children"
+// (off: only processes without a parent).
+function filters() {
+  const params = new URLSearchParams();
+  const state = $("state-filter").value;
+  const text = $("search").value.trim();
+  if (state) params.set("state", state);
+  if (text) params.set("search", text);
+  if (!$("show-children").checked) params.set("rootsOnly", "true");
+  return params;
+}
+
+function matches(p) {
   const state = $("state-filter").value;
   const text = $("search").value.trim().toLowerCase();
-  const children = $("show-children").checked;
-  return view.processes.filter((p) =>
-    (children || p.parentId === null) &&
-    (!state || p.status.state === state) &&
-    (!text || p.name.toLowerCase().includes(text) || p.processId.toLowerCase().includes(text)));
+  return (!state || p.status.state === state) &&
+    ($("show-children").checked || p.parentId === null) &&
+    (!text || p.name.toLowerCase().includes(text) || p.processId.toLowerCase().includes(text));
 }
 
 function renderOverview() {
-  const counts = Object.fromEntries(STATES.map((s) => [s, 0]));
-  for (const p of view.processes) counts[p.status.state] = (counts[p.status.state] || 0) + 1;
   $("counts").replaceChildren(...STATES.map((s) =>
-    el("span", { class: "count", "data-state": s }, `${s} `, el("b", {}, String(counts[s])))));
-  $("failures").textContent = String(counts.failed);
+    el("span", { class: "count", "data-state": s }, `${s} `, el("b", {}, String(view.counts[s] || 0)))));
+  $("failures").textContent = String(view.counts.failed || 0);
 }
 
 function renderRows() {
-  const rows = visible();
-  const pages = Math.max(1, Math.ceil(rows.length / PAGE_SIZE));
-  view.page = Math.min(view.page, pages - 1);
-  const shown = rows.slice(view.page * PAGE_SIZE, (view.page + 1) * PAGE_SIZE);
-  $("rows").replaceChildren(...shown.map((p) => {
+  $("rows").replaceChildren(...view.rows.map((p) => {
     const row = el("tr", { "data-id": p.processId, class: p.processId === view.selected ? "selected" : "" },
       el("td", {}, p.name, el("br"), el("small", {}, p.processId)),
       el("td", {}, stateBadge(p.status.state)),
@@ -75,39 +89,103 @@ function renderRows() {
     row.addEventListener("click", () => openTree(p.processId));
     return row;
   }));
-  $("page-info").textContent = `page ${view.page + 1} of ${pages} · ${rows.length} processes`;
+  const pages = Math.max(1, Math.ceil(view.total / PAGE_SIZE));
+  $("page-info").textContent = `page ${view.page + 1} of ${pages} · ${view.total} processes`;
   $("prev").disabled = view.page === 0;
-  $("next").disabled = view.page >= pages - 1;
+  $("next").disabled = view.nextCursor === null;
   updateBulk();
 }
 
-function render() {
-  renderOverview();
+// Read the page shown; a newer read makes an older answer moot.
+async function loadPage() {
+  clearTimeout(view.reloadTimer);
+  view.reloadTimer = null;
+  view.reloadAt = Date.now();
+  const number = ++view.loads;
+  const params = filters();
+  params.set("limit", String(PAGE_SIZE));
+  const start = view.starts[view.page];
+  if (start !== null) params.set("cursor", start);
+  const answer = await api(`api/processes?${params}`);
+  if (number !== view.loads) return;
+  if (!answer.ok) {
+    $("list-result").textContent = `the list could not be read: ${answer.body.message || answer.status}`;
+    return;
+  }
+  view.rows = answer.body.items;
+  view.total = answer.body.totalCount;
+  view.nextCursor = answer.body.nextCursor;
+  if (view.rows.length === 0 && view.page > 0) {  // the page emptied under the reader
+    view.page -= 1;
+    view.starts.length = view.page + 1;
+    loadPage();
+    return;
+  }
   renderRows();
 }
 
-function onListFrame(frame) {
-  if (frame.type !== "update") return;
-  onProcesses(frame.processes);  // the history hears of ended runs even while paused
+function firstPage() {
+  view.page = 0;
+  view.starts = [null];
+  loadPage();
+}
+
+// A change that may move rows in or out of the page: read it again, at most once per
+// RELOAD_EVERY, and not while paused.
+function reloadSoon() {
   if (view.paused) {
-    view.waiting = frame.processes;
+    view.waiting = true;
     $("pending").textContent = "updates waiting";
     return;
   }
-  view.processes = frame.processes;
-  render();
+  if (view.reloadTimer !== null) return;
+  view.reloadTimer = setTimeout(loadPage, Math.max(0, RELOAD_EVERY - (Date.now() - view.reloadAt)));
+}
+
+// The page's last row, by the list's order (depth, order, id): a change sorted after it
+// belongs to a later page, unless this is the last one.
+function afterPage(p) {
+  const last = view.rows[view.rows.length - 1];
+  if (!last || view.nextCursor === null) return false;
+  if (p.depth !== last.depth) return p.depth > last.depth;
+  if (p.order !== last.order) return p.order > last.order;
+  return p.processId > last.processId;
+}
+
+function onChanged(frame) {
+  onProcesses(frame.processes);  // the history hears of ended runs even while paused
+  if (view.paused) {
+    if (frame.processes.length || frame.removed.length) reloadSoon();
+    return;
+  }
+  let redraw = false;
+  for (const p of frame.processes) {
+    const at = view.rows.findIndex((row) => row.processId === p.processId);
+    if (at >= 0 && matches(p)) {
+      view.rows[at] = p;  // in place: the rows do not move under the reader
+      redraw = true;
+    } else if (at >= 0 || (matches(p) && !afterPage(p))) {
+      reloadSoon();  // it leaves the page, or may join it
+    }
+  }
+  if (frame.removed.some((id) => view.rows.some((row) => row.processId === id))) reloadSoon();
+  if (redraw) renderRows();
+}
+
+function onListFrame(frame) {
+  if (frame.type === "reset") reloadSoon();  // a new stream: it may have missed changes
+  else if (frame.type === "counts") {
+    view.counts = frame.counts;
+    renderOverview();
+  } else if (frame.type === "changed") onChanged(frame);
 }
 
 function treeTopic() {
   return view.selected === null ? null : `tree:${view.selected}`;
 }
 
-function onFrame(frame, raw) {
-  if (frame.topic === "processes") {
-    if (raw === view.listData) return;  // a new stream's snapshot of the list already shown
-    view.listData = raw;
-    onListFrame(frame);
-  }
+function onFrame(frame) {
+  if (frame.topic === "changes") onListFrame(frame);
   else if (frame.topic !== undefined && frame.topic === treeTopic()) onTreeFrame(frame);
   else if (frame.type === "shutdown") setConnection(false);
 }
@@ -116,7 +194,7 @@ function onFrame(frame, raw) {
 // another process closes the stream and opens one for the new topics (a fresh snapshot).
 function connect() {
   if (view.stream) view.stream.close();
-  const topics = ["processes"];
+  const topics = ["changes"];
   if (treeTopic() !== null) topics.push(treeTopic());
   const stream = new EventSource(`api/stream?${topics.map((t) => `topic=${encodeURIComponent(t)}`).join("&")}`);
   view.stream = stream;
@@ -128,7 +206,7 @@ function connect() {
     setConnection(false);
     checkAuth();
   };
-  stream.onmessage = (event) => onFrame(JSON.parse(event.data), event.data);
+  stream.onmessage = (event) => onFrame(JSON.parse(event.data));
 }
 
 function togglePause() {
@@ -136,10 +214,9 @@ function togglePause() {
   $("pause").textContent = view.paused ? "Resume" : "Pause";
   $("pause").setAttribute("aria-pressed", String(view.paused));
   if (!view.paused && view.waiting) {
-    view.processes = view.waiting;
-    view.waiting = null;
+    view.waiting = false;
     $("pending").textContent = "";
-    render();
+    loadPage();
   }
 }
 
@@ -291,7 +368,7 @@ function closeTree() {
 // A launch of a process with a warning, and every cancel, ask first. The single cancel
 // route takes no reason (only the bulk and the operation cancels do), so none is asked.
 function confirmed(verb) {
-  const proc = view.tree.get(view.selected) || view.processes.find((p) => p.processId === view.selected);
+  const proc = view.tree.get(view.selected) || view.rows.find((p) => p.processId === view.selected);
   if (!proc) return false;
   if (verb === "launch") return !proc.warning || window.confirm(`${proc.warning}\n\nLaunch ${proc.name}?`);
   if (verb === "cancel") return window.confirm(`Cancel ${proc.name}?`);
@@ -314,23 +391,43 @@ async function command(verb) {
 }
 
 // ------------------------------------------------------------------ auth
+// The session is an HttpOnly cookie the server sets (POST api/session) and clears
+// (DELETE api/session): this script never sees a token after the form sends it. The
+// EventSource sends the cookie too (same origin), so the streams need no ticket.
 async function checkAuth() {
-  const response = await fetch("api/processes?limit=1");
-  if (response.status === 401 || response.status === 403) $("login").hidden = false;
+  if (await probeRole() === "sign-in") $("login").hidden = false;
 }
 
-function signIn(event) {
+async function signIn(event) {
   event.preventDefault();
-  document.cookie = `taskwarden_token=${encodeURIComponent($("token").value)}; path=/; SameSite=Strict`;
+  const answer = await api("api/session", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ token: $("token").value }),
+  });
+  if (!answer.ok) {
+    $("login-result").textContent = answer.body.message || `sign-in refused (${answer.status})`;
+    return;
+  }
   $("token").value = "";
+  $("login-result").textContent = "";
   $("login").hidden = true;
   boot();
 }
+
+// A reload after the cookie is cleared stops every stream and poll, and shows the form.
+async function signOut() {
+  await api("api/session", { method: "DELETE" });
+  location.reload();
+}
+
+$("sign-out").addEventListener("click", signOut);
 
 // Controls are hidden (body.read-only) until the role is known, and for a viewer.
 async function boot() {
   if (await probeRole() === "sign-in") {
     $("login").hidden = false;
+    $("token").focus();
     return;
   }
   connect();
@@ -344,12 +441,25 @@ async function boot() {
 // ------------------------------------------------------------------ start
 initTheme();
 setRole(null);
-$("state-filter").addEventListener("change", () => { view.page = 0; renderRows(); });
-$("search").addEventListener("input", () => { view.page = 0; renderRows(); });
-$("show-children").addEventListener("change", renderRows);
+let typing = null;
+$("state-filter").addEventListener("change", firstPage);
+$("search").addEventListener("input", () => {  // read once the typing pauses
+  clearTimeout(typing);
+  typing = setTimeout(firstPage, 250);
+});
+$("show-children").addEventListener("change", firstPage);
 $("pause").addEventListener("click", togglePause);
-$("prev").addEventListener("click", () => { view.page -= 1; renderRows(); });
-$("next").addEventListener("click", () => { view.page += 1; renderRows(); });
+$("prev").addEventListener("click", () => {
+  view.page -= 1;
+  view.starts.length = view.page + 1;
+  loadPage();
+});
+$("next").addEventListener("click", () => {
+  if (view.nextCursor === null) return;
+  view.starts.push(view.nextCursor);
+  view.page += 1;
+  loadPage();
+});
 $("bulk-cancel").addEventListener("click", bulkCancel);
 $("resync").addEventListener("click", resync);
 for (const verb of VERBS) $(verb).addEventListener("click", () => command(verb));
@@ -359,7 +469,7 @@ $("login-form").addEventListener("submit", signIn);
 onWorkers(updateControls);
 setInterval(() => {  // live elapsed times between frames
   for (const cell of document.querySelectorAll("#rows tr")) {
-    const proc = view.processes.find((p) => p.processId === cell.dataset.id);
+    const proc = view.rows.find((p) => p.processId === cell.dataset.id);
     if (proc) cell.querySelector(".elapsed").textContent = elapsed(proc);
   }
   for (const row of view.tree.values()) {

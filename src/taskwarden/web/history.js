@@ -1,7 +1,7 @@
 // Finished runs from the store (GET api/history): the history panel, and the overview's
 // throughput and recent failures. Refreshed when the stream shows a process ending, and
 // every 30 s so the throughput's window slides; never more than once per 3 s.
-import { $, el, api, badge, clock, ago, seconds, every } from "./util.js";
+import { $, el, api, badge, clock, ago, seconds, every, TERMINAL } from "./util.js";
 
 const PAGE = 20;
 const MOST = 1000;          // the route's largest limit
@@ -146,7 +146,6 @@ async function loadOverview() {
 // ------------------------------------------------------------------ refreshing
 const panelPoll = every(30000, loadHistory);
 const overviewPoll = every(30000, loadOverview);
-let lastSeen = null;
 let lastRefresh = 0;
 let pending = null;
 
@@ -157,22 +156,10 @@ function refresh() {
   if (history.page === 0) panelPoll.now();  // an older page does not move under the reader
 }
 
-// Called with every list frame: a process that ended (or restarted) means new runs.
+// Called with the rows of every change: a process that ended means a new run to show.
 export function onProcesses(processes) {
-  let ended = 0;
-  let latest = "";
-  for (const p of processes) {
-    const end = p.status.doneAt || p.status.failedAt || p.status.stoppedAt;
-    if (end) {
-      ended += 1;
-      if (end > latest) latest = end;
-    }
-  }
-  const seen = `${ended}|${latest}`;
-  if (seen === lastSeen) return;
-  const first = lastSeen === null;
-  lastSeen = seen;
-  if (first || pending !== null) return;  // the first load is the start's
+  if (!processes.some((p) => TERMINAL.has(p.status.state))) return;
+  if (pending !== null) return;
   pending = setTimeout(refresh, Math.max(0, 3000 - (Date.now() - lastRefresh)));
 }
 
