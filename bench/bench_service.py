@@ -292,7 +292,11 @@ async def case_latency(args: argparse.Namespace) -> dict[str, Any]:
                 server.start()
                 await server.wait_ready(60)
                 async with connected(
-                    server.port, args.clients, track=True, max_seconds=duration + 60
+                    server.port,
+                    args.clients,
+                    track=True,
+                    max_seconds=duration + 60,
+                    topic=args.topic,
                 ) as clients:
                     await launch_all(ns, n)
                     await asyncio.sleep(duration + 3.0)
@@ -359,7 +363,11 @@ async def case_queries(args: argparse.Namespace) -> dict[str, Any]:
                 server.start()
                 await server.wait_ready(60)
                 async with connected(
-                    server.port, args.clients, track=False, max_seconds=duration + 60
+                    server.port,
+                    args.clients,
+                    track=False,
+                    max_seconds=duration + 60,
+                    topic=args.topic,
                 ) as clients:
                     await launch_all(ns, n)
                     await asyncio.sleep(warmup)
@@ -507,8 +515,8 @@ def _cases(args: argparse.Namespace) -> dict[str, list[str]]:
         for clients in (1, 10, 100):
             cases[f"latency {store} {clients}"] = ["latency", "--store", store, "--clients",
                                                    str(clients)]  # fmt: skip
-        cases[f"latency {store} 100 coalesce0"] = ["latency", "--store", store, "--clients",
-                                                   "100", "--coalesce", "0"]  # fmt: skip
+        cases[f"latency {store} 100 list"] = ["latency", "--store", store, "--clients",
+                                              "100", "--topic", "processes"]  # fmt: skip
         for clients in (1, 100):
             cases[f"queries {store} {clients}"] = ["queries", "--store", store, "--clients",
                                                    str(clients)]  # fmt: skip
@@ -590,8 +598,10 @@ def render(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
       f"{platform.python_version()} ({platform.machine()}, {os.cpu_count()} CPUs), "
       f"{args.repeats} repeat{'s' if args.repeats != 1 else ''} interleaved, medians "
       "(min-max over repeats). Server: "
-      "`taskwarden serve` without `--app` (defaults: coalesce 0.25 s, poll 0.1 s without a "
-      "bus), SSE clients on `/api/stream?topic=processes` as raw asyncio sockets in one "
+      "`taskwarden serve` without `--app` (defaults: coalesce 0.25 s per process, poll 0.1 s "
+      "without a bus), SSE clients on `/api/stream?topic=changes` (the dashboard's stream; "
+      "`topic=processes`, optio's whole list per frame, where the table says so) as raw "
+      "asyncio sockets in one "
       "driver process, a `taskwarden.worker.Worker` in another OS process. PostgreSQL "
       f"{_redact(PG_URL)}, Redis {_redact(REDIS_URL)}.\n")  # fmt: skip
     loads = [r["load1"] for runs in results.values() for r in runs if "load1" in r]
@@ -609,7 +619,7 @@ def render(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
         ("sqlite", "SQLite, no bus (polls the store)", 150),
         ("postgres", "PostgreSQL + Redis bus", 50),
     ):
-        for clients in ("1", "10", "100", "100 coalesce0"):
+        for clients in ("1", "10", "100", "100 list"):
             key = f"latency {store} {clients}"
             if key not in results:
                 continue
@@ -617,9 +627,9 @@ def render(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
             verdict = ""
             if clients == "100":
                 verdict = f"<= {target} ms: {_verdict(p50, target)}"
-            elif clients.endswith("coalesce0"):
-                verdict = "diagnostic: `coalesce=0`, not the default"
-            shown = clients.replace(" coalesce0", " (coalesce 0)")
+            elif clients.endswith("list"):
+                verdict = "optio's list topic: the whole list in every frame"
+            shown = clients.replace(" list", " (`topic=processes`)")
             w(f"| {label} | {shown} | {ms(p50)} | {ms(med(key, 'p99_ms'))} "
               f"| {num(med(key, 'seen_pct'), 1)}% | {verdict} |")  # fmt: skip
     w("\n## Store load while 100 processes report progress (every 0.2-0.3 s)\n")
@@ -720,6 +730,12 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=20, help="latency: reporting processes")
     ap.add_argument("--duration", type=float, default=20.0, help="latency: seconds of reports")
     ap.add_argument("--coalesce", type=float, default=None, help="latency: diagnostic only")
+    ap.add_argument(
+        "--topic",
+        default="changes",
+        choices=["changes", "processes"],
+        help="the stream's topic: changes (the dashboard's) or processes (optio's list)",
+    )
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--window", type=float, default=12.0)
     ap.add_argument("--records", type=int, default=100_000)

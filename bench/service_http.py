@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 __all__ = ["HOST", "STREAM", "Http", "SseClient", "connected", "read_chunk"]
 
 HOST = "127.0.0.1"
-STREAM = "/api/stream?topic=processes"
-"""The dashboard's stream: the list topic of the multiplexed route."""
+STREAM = "/api/stream?topic={topic}"
+"""The multiplexed route: ``changes`` is the dashboard's topic, ``processes`` optio's list."""
 MSG_RE = re.compile(rb'"message":"(\d+:\d+)"')
 MAX_FRAMES = 10_000_000
 """A bound on the frames one client reads, whatever the run."""
@@ -94,9 +94,10 @@ async def read_chunk(reader: asyncio.StreamReader) -> bytes | None:
 class SseClient:
     """One ``EventSource``-like client: reads frames, stamps when each message arrived."""
 
-    def __init__(self, port: int, *, track: bool) -> None:
+    def __init__(self, port: int, *, track: bool, topic: str = "changes") -> None:
         self.port = port
         self.track = track
+        self.topic = topic
         self.arrivals: dict[str, float] = {}
         self.frames = 0
         self.bytes = 0
@@ -107,7 +108,7 @@ class SseClient:
         reader, writer = await asyncio.open_connection(HOST, self.port, limit=1 << 22)
         try:
             writer.write(
-                f"GET {STREAM} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n"
+                f"GET {STREAM.format(topic=self.topic)} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n"
                 "Accept: text/event-stream\r\n\r\n".encode()
             )
             head = await reader.readuntil(b"\r\n\r\n")
@@ -136,7 +137,9 @@ class SseClient:
         if b"data:" not in event:
             return  # retry: or a keepalive comment
         self.frames += 1
-        if not self.snapshot.is_set() and b'"type":"update"' in event:
+        if not self.snapshot.is_set() and (
+            b'"type":"update"' in event or b'"type":"reset"' in event
+        ):
             self.snapshot.set()
         if self.track:
             for found in MSG_RE.finditer(event):
@@ -145,10 +148,10 @@ class SseClient:
 
 @contextlib.asynccontextmanager
 async def connected(
-    port: int, count: int, *, track: bool, max_seconds: float
+    port: int, count: int, *, track: bool, max_seconds: float, topic: str = "changes"
 ) -> AsyncIterator[list[SseClient]]:
-    """``count`` SSE clients, each past its snapshot; cancelled on exit."""
-    clients = [SseClient(port, track=track) for _ in range(count)]
+    """``count`` SSE clients of ``topic``, each past its snapshot; cancelled on exit."""
+    clients = [SseClient(port, track=track, topic=topic) for _ in range(count)]
     tasks = [asyncio.create_task(c.run(max_seconds)) for c in clients]
     try:
         waits = [asyncio.create_task(c.snapshot.wait()) for c in clients]

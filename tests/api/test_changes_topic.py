@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from taskwarden.api import Broadcaster
-from taskwarden.api import streams as streams_module
 from taskwarden.api.filters import parse_filter
 from taskwarden.api.multiplex import multiplexed_stream, parse_topics
 from taskwarden.api.streams import ChangesTopic, list_stream
@@ -139,7 +138,7 @@ async def test_a_frame_every_client_gets_alike_is_encoded_once(
         encoded.append(value)
         return real(value, **kwargs)
 
-    monkeypatch.setattr(streams_module.json, "dumps", counting)
+    monkeypatch.setattr(json, "dumps", counting)  # the streams module calls json.dumps
     await store.transition("other", [S.IDLE], S.SCHEDULED)
     feed.notify("other")
     list_frames = [data(await take(stream)) for stream in lists]
