@@ -1,5 +1,5 @@
 // Shared by the dashboard's modules: building elements (text only, never HTML), times,
-// progress bars, the API's fetch, the role, the question dialog and the theme.
+// progress bars, the API's fetch, the role (api/whoami), the question dialog and the theme.
 
 export const TERMINAL = new Set(["done", "failed", "cancelled"]);
 export const $ = (id) => document.getElementById(id);
@@ -65,24 +65,29 @@ export function refusal(verb, answer) {
 }
 
 // ------------------------------------------------------------------ the role
-// The page learns its role from a POST that changes nothing: a bulk cancel without
-// confirm=true and without a filter is refused before anything is read (400), unless the
-// caller may not write at all (403) or is not signed in (401).
-export const session = { role: null };
+// The page learns its role from GET api/whoami: {role, via}; a 401 means a sign-in is
+// needed. "Sign out" shows only for a session (via "session"): a header, an open API or
+// the host's own check leave nothing to sign out of.
+export const session = { role: null, via: null };
 
-export function setRole(role) {
+export function setRole(role, via = session.via) {
   session.role = role;
+  session.via = via;
   document.body.classList.toggle("read-only", role !== "operator");
+  const signOut = $("sign-out");
+  if (signOut) signOut.hidden = via !== "session";
 }
 
 // "operator", "viewer", "sign-in" (401), or null when the server did not answer.
 export async function probeRole() {
-  const answer = await api("api/processes/cancel", { method: "POST" });
-  if (answer.status === 401) return "sign-in";
-  if (answer.status === 403) return "viewer";  // api() has hidden the controls
-  if (answer.status !== 400 && !answer.ok) return null;
-  setRole("operator");
-  return "operator";
+  const answer = await api("api/whoami");
+  if (answer.status === 401) {
+    setRole(null, null);
+    return "sign-in";
+  }
+  if (!answer.ok) return null;
+  setRole(answer.body.role, answer.body.via);
+  return answer.body.role;
 }
 
 // ------------------------------------------------------------------ asking first
