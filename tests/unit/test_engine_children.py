@@ -4,6 +4,8 @@ and the progress helpers."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from typing import Any
 
 import pytest
 
@@ -14,7 +16,12 @@ from taskwarden.engine import (
     mapped_progress,
     sequential_progress,
 )
-from taskwarden.errors import ChildProcessCancelled, ChildProcessFailed, ConfigurationError
+from taskwarden.errors import (
+    ChildProcessCancelled,
+    ChildProcessFailed,
+    ConfigurationError,
+    InvalidDefinition,
+)
 from taskwarden.processes import ProcessState
 from tests.engine_support import StateLog, started_engine, task
 
@@ -225,6 +232,41 @@ async def test_relaunching_a_parent_replaces_the_children_of_the_previous_run() 
         await engine.launch_and_wait("p")
         child = await engine.get_process("p/c")
         assert child is not None and child.state is S.DONE and child.run_number == 1
+
+
+async def test_a_finished_child_started_again_meanwhile_is_not_deleted() -> None:
+    """The previous run's child is deleted only while it is still finished: one that
+    another run started between the read and the delete stays, and the child call fails."""
+    caught: list[BaseException] = []
+    seen: dict[str, Any] = {}
+
+    async def parent(ctx: ProcessContext) -> None:
+        if "finished" in seen:  # the second run: another run starts p/c as we read it
+            record = dataclasses.replace(seen["finished"], state=S.SCHEDULED)
+            await seen["store"].create(record)
+        try:
+            await ctx.run_child(ok, "p/c", "C")
+        except InvalidDefinition as exc:
+            caught.append(exc)
+
+    async with started_engine(task("p", parent)) as engine:
+        await engine.launch_and_wait("p")
+        store = seen["store"] = engine.store
+        seen["finished"] = await store.get("p/c")
+        assert seen["finished"] is not None and seen["finished"].state is S.DONE
+        real_get = store.get
+
+        async def stale(process_id: str) -> Any:
+            if process_id == "p/c":
+                return seen["finished"]  # what this engine read just before the other start
+            return await real_get(process_id)
+
+        store.get = stale  # type: ignore[method-assign]
+        await engine.launch_and_wait("p")
+        store.get = real_get  # type: ignore[method-assign]
+        assert len(caught) == 1 and "started by another run" in str(caught[0])
+        child = await store.get("p/c")
+        assert child is not None and child.state is S.SCHEDULED  # kept, not deleted
 
 
 async def test_on_child_progress_receives_infos_and_sequential_progress_fills_slots() -> None:
