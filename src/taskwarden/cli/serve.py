@@ -31,7 +31,7 @@ from taskwarden.cli.common import (
 if TYPE_CHECKING:
     from taskwarden.application import Application
 
-__all__ = ["parse_tokens", "register"]
+__all__ = ["parse_tokens", "register", "root_path"]
 
 ROLES = ("viewer", "operator")
 TOKEN_ENV = {"TASKWARDEN_TOKEN": "operator", "TASKWARDEN_VIEWER_TOKEN": "viewer"}
@@ -91,6 +91,33 @@ def register(commands: Any) -> None:
         "reaches it may launch and cancel)",
     )
     parser.add_argument(
+        "--root-path",
+        default="",
+        metavar="PATH",
+        help="the path prefix a reverse proxy serves this under and strips (e.g. /taskwarden); "
+        "the session cookie is scoped to it (default: none)",
+    )
+    parser.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        metavar="IPS",
+        help="proxies whose X-Forwarded-Proto / X-Forwarded-For are believed: comma-separated "
+        "addresses or networks, or '*' (default: $FORWARDED_ALLOW_IPS, else 127.0.0.1,::1)",
+    )
+    parser.add_argument(
+        "--no-proxy-headers",
+        dest="proxy_headers",
+        action="store_false",
+        help="ignore X-Forwarded-* headers even from the allowed proxies",
+    )
+    parser.add_argument(
+        "--session-max-age",
+        type=_seconds,
+        default=12 * 3600.0,
+        metavar="SECONDS",
+        help="how long a dashboard sign-in lasts (default 43200, 12 h)",
+    )
+    parser.add_argument(
         "--drain",
         type=float,
         default=0.0,
@@ -108,6 +135,34 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 0..65535, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
+
+
+def root_path(text: str) -> str:
+    """``--root-path`` checked and normalised: ``""`` or ``/a/b`` (no trailing slash).
+
+    Raises:
+        CommandError: it does not start with ``/`` or holds a ``?`` or ``#`` (exit code 2).
+    """
+    value = text.strip().rstrip("/")
+    if not value:
+        return ""
+    if not value.startswith("/") or any(c in value for c in "?#% "):
+        raise CommandError(
+            EXIT_USAGE,
+            f"--root-path {text!r} is not a path prefix: give one like /taskwarden "
+            "(the path the proxy serves this under)",
+        )
     return value
 
 
@@ -217,6 +272,10 @@ def _run(args: argparse.Namespace) -> int:
             demo=args.demo,
             tokens=tokens,
             drain=max(0.0, args.drain),
+            root_path=root_path(args.root_path),
+            proxy_headers=args.proxy_headers,
+            forwarded_allow_ips=args.forwarded_allow_ips,
+            session_max_age=args.session_max_age,
         )
         sock = _bind(args.host, args.port)
         return serve(settings, sock, host=args.host)

@@ -57,6 +57,13 @@ class ServeSettings:
     demo: bool = False
     tokens: dict[str, str] = field(default_factory=dict)
     drain: float = 0.0
+    root_path: str = ""
+    """The prefix a proxy serves the app under and strips (uvicorn's ``root_path``)."""
+    proxy_headers: bool = True
+    """Whether X-Forwarded-Proto / -For from ``forwarded_allow_ips`` are believed."""
+    forwarded_allow_ips: str | None = None
+    """The proxies believed; None: ``$FORWARDED_ALLOW_IPS``, else loopback (uvicorn's)."""
+    session_max_age: float = 12 * 3600.0
 
 
 class _Server(uvicorn.Server):
@@ -103,7 +110,11 @@ class _Host:
             assert self.store is not None
             engine = self.worker.engine if self.worker is not None else None
             app = create_app(
-                self.store, bus=self.bus, engine=engine, tokens=self.settings.tokens or None
+                self.store,
+                bus=self.bus,
+                engine=engine,
+                tokens=self.settings.tokens or None,
+                session_max_age=self.settings.session_max_age,
             )
             feed = app.state.taskwarden.feed
             await feed.start()  # here rather than in the lifespan: a failure is reported
@@ -158,6 +169,9 @@ class _Host:
             log_level="warning",
             timeout_graceful_shutdown=int(GRACE),
             lifespan="on",
+            root_path=self.settings.root_path,
+            proxy_headers=self.settings.proxy_headers,
+            forwarded_allow_ips=self.settings.forwarded_allow_ips,
         )
         server = _Server(config)
         serving = asyncio.create_task(server.serve(sockets=[self.sock]), name="tw-serve")
@@ -197,8 +211,11 @@ class _Host:
         else:
             what = "no engine (a client of the store)"
         auth = "tokens required" if settings.tokens else "open, no token"
+        under = (
+            f"(for a proxy that serves it at {settings.root_path}/) " if settings.root_path else ""
+        )
         print(
-            f"taskwarden serve: dashboard at http://{shown}:{port}/ "
+            f"taskwarden serve: dashboard at http://{shown}:{port}/{under} "
             f"(store {redact(settings.store)}, {what}, {auth}); Ctrl-C stops",
             file=sys.stderr,
             flush=True,
