@@ -595,8 +595,12 @@ class Store(ABC):
         status: OperationStatus | None = None,
         since: datetime | None = None,
         limit: int | None = None,
+        until: datetime | None = None,
+        before: int | None = None,
     ) -> builtins.list[RunRecord]:
         """Recorded runs matching every given filter, newest (highest ``index``) first.
 
-        ``since`` keeps runs that started at or after it; ``limit=None`` returns all.
+        ``since`` keeps runs that started at or after it, ``until`` those that started
+        before it; ``before`` keeps the runs whose ``index`` is lower (pass the last index
+        of a page for the next one); ``limit=None`` returns all.
         """

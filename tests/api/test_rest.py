@@ -353,6 +353,32 @@ async def test_history_lists_runs_with_errors_and_shows_one(
     assert (await client.get("/api/history", params={"status": "lost"})).status_code == 400
 
 
+async def test_history_pages_by_cursor_and_until(
+    world: tuple[Engine, httpx.AsyncClient, asyncio.Event],
+) -> None:
+    engine, client, _ = world
+    for _ in range(3):
+        await engine.launch_and_wait("plain")
+    everything = (await client.get("/api/history", params={"limit": 1000})).json()
+    assert everything["nextCursor"] is None
+    walked: list[int] = []
+    params: dict[str, Any] = {"limit": 2}
+    while True:
+        page = (await client.get("/api/history", params=params)).json()
+        walked += [run["index"] for run in page["items"]]
+        if page["nextCursor"] is None:
+            break
+        params["cursor"] = page["nextCursor"]
+    assert walked == [run["index"] for run in everything["items"]]
+    assert len(walked) >= 5  # parent and its two children, fails, plain x3
+    newest = everything["items"][0]
+    before = (await client.get("/api/history", params={"until": newest["startedAt"]})).json()
+    assert newest["index"] not in [run["index"] for run in before["items"]]
+    assert all(run["startedAt"] < newest["startedAt"] for run in before["items"])
+    bad = await client.get("/api/history", params={"cursor": "abc"})
+    assert bad.status_code == 400 and "nextCursor" in bad.json()["message"]
+
+
 async def test_commands_without_engine_go_through_the_store_for_the_workers(
     sqlite_url: str,
 ) -> None:

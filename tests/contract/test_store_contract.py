@@ -1270,6 +1270,28 @@ async def test_query_history_filters_newest_first(store: Store) -> None:
     since = await store.query_history(since=T0 + timedelta(minutes=30))
     assert [r.run_number for r in since] == [2]
     assert len(await store.query_history(limit=2)) == 2
+    until = await store.query_history(until=T0 + timedelta(minutes=30))
+    assert [(r.process_id, r.run_number) for r in until] == [("b", 1), ("a", 1)]
+
+
+async def test_query_history_pages_by_index(store: Store) -> None:
+    """``before`` keeps the runs recorded before a given index: a page's last index gives
+    the next page, however the history grows meanwhile; it combines with the filters."""
+    for i in range(7):
+        await store.record_run(run_record(process_id="a" if i % 2 else "b", run_number=i))
+    walked: list[int | None] = []
+    before: int | None = None
+    while page := await store.query_history(limit=3, before=before):
+        walked += [r.run_number for r in page]
+        before = page[-1].index
+        await store.record_run(run_record(process_id="new", run_number=99))  # not seen
+    assert walked == [6, 5, 4, 3, 2, 1, 0]
+    newest_a = (await store.query_history(process_id="a", limit=1))[0]
+    assert newest_a.index is not None
+    older = await store.query_history(process_id="a", before=newest_a.index)
+    assert [r.run_number for r in older] == [3, 1]
+    one = await store.query_history(before=newest_a.index + 1, limit=1)  # = one run by index
+    assert one == [newest_a]
 
 
 async def test_concurrent_record_runs_each_come_back_as_recorded(store: Store) -> None:

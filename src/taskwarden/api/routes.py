@@ -394,27 +394,44 @@ async def history(
     since: Annotated[str | None, Query(description="ISO-8601 time")] = None,
     until: Annotated[str | None, Query(description="ISO-8601 time")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[
+        str | None, Query(description="the nextCursor of the previous page")
+    ] = None,
 ) -> dict[str, Any]:
-    """Runs from the store's history with their errors and tracebacks."""
-    start, end = _since(since), _since(until)
+    """Runs from the store's history with their errors and tracebacks, newest first,
+    ``{items, nextCursor}``: pass ``nextCursor`` as ``cursor`` for the next page (runs
+    recorded meanwhile do not shift the pages)."""
+    before: int | None = None
+    if cursor is not None:
+        if not cursor.isdigit():
+            raise ConfigurationError(
+                f"cursor {cursor!r} does not parse: pass the nextCursor of a previous page"
+            )
+        before = int(cursor)
     runs = await _service(request).store.query_history(
         process_id=process_id,
         name=name,
         status=status,
-        since=start,
-        limit=None if end is not None else limit,
+        since=_since(since),
+        until=_since(until),
+        before=before,
+        limit=limit + 1,
     )
-    if end is not None:
-        runs = [run for run in runs if run.started_at < end][:limit]
-    return {"items": [run_document(run) for run in runs]}
+    more = len(runs) > limit
+    runs = runs[:limit]
+    last = runs[-1].index if runs else None
+    return {
+        "items": [run_document(run) for run in runs],
+        "nextCursor": str(last) if more and last is not None else None,
+    }
 
 
 @router.get("/history/{index}", summary="One run of the history", responses=READ)
 async def history_run(request: Request, index: int) -> JSONResponse:
     """The run with this index (404 ``{message}`` when there is none)."""
-    for run in await _service(request).store.query_history():
-        if run.index == index:
-            return JSONResponse(run_document(run))
+    found = await _service(request).store.query_history(before=index + 1, limit=1)
+    if found and found[0].index == index:
+        return JSONResponse(run_document(found[0]))
     return JSONResponse({"message": f"Run {index} not found"}, status_code=404)
 
 

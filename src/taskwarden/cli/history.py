@@ -112,10 +112,9 @@ async def _history(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _find_run(store: Store, index: int) -> RunRecord:
-    # The Store contract reads the history by filters only; a run is found by scanning.
-    for run in await store.query_history():
-        if run.index == index:
-            return run
+    found = await store.query_history(before=index + 1, limit=1)
+    if found and found[0].index == index:
+        return found[0]
     raise CommandError(
         EXIT_NOT_FOUND,
         f"no run with index {index} in the history: `taskwarden history` lists them",

@@ -815,15 +815,19 @@ def history_statement(
     status: OperationStatus | None,
     since: datetime | None,
     limit: int | None,
+    until: datetime | None = None,
+    before: int | None = None,
 ) -> tuple[str, list[Any]]:
     """``(sql, args)`` of a ``query_history()`` query, newest first (ConfigurationError for
-    a bad limit); ``encode_time`` encodes ``since``, ``numbered`` as for :class:`SqlWhere`."""
+    a bad limit); ``encode_time`` encodes the times, ``numbered`` as for :class:`SqlWhere`."""
     check_limit(limit)
     where = SqlWhere(numbered=numbered)
     where.equal("process_id", process_id)
     where.equal("name", name)
     where.equal("status", None if status is None else OperationStatus(status).value)
     where.equal("started_at", None if since is None else encode_time(since), ">=")
+    where.equal("started_at", None if until is None else encode_time(until), "<")
+    where.equal("idx", before, "<")
     sql = where.statement(f"SELECT {', '.join(RUN_COLUMNS)} FROM {runs_table}", "idx DESC", limit)
     return sql, where.args
 

@@ -477,17 +477,22 @@ class MemoryStore(Store):
         status: OperationStatus | None = None,
         since: datetime | None = None,
         limit: int | None = None,
+        until: datetime | None = None,
+        before: int | None = None,
     ) -> builtins.list[RunRecord]:
         """See :meth:`Store.query_history`."""
         self._check_open()
         check_limit(limit)
         cutoff = None if since is None else to_utc(since)
+        end = None if until is None else to_utc(until)
         found: builtins.list[RunRecord] = []
         for run in reversed(self._runs):
             if limit is not None and len(found) >= limit:
                 break
             if (
-                (process_id is None or run.process_id == process_id)
+                (before is None or (run.index is not None and run.index < before))
+                and (end is None or run.started_at < end)
+                and (process_id is None or run.process_id == process_id)
                 and (name is None or run.name == name)
                 and (status is None or run.status == status)
                 and (cutoff is None or run.started_at >= cutoff)

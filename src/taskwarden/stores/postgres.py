@@ -937,6 +937,8 @@ class PostgresStore(Store):
         status: OperationStatus | None = None,
         since: datetime | None = None,
         limit: int | None = None,
+        until: datetime | None = None,
+        before: int | None = None,
     ) -> builtins.list[RunRecord]:
         """See :meth:`Store.query_history`."""
         sql, args = history_statement(
@@ -948,6 +950,8 @@ class PostgresStore(Store):
             status=status,
             since=since,
             limit=limit,
+            until=until,
+            before=before,
         )
 
         async def op(conn: asyncpg.Connection) -> builtins.list[RunRecord]:

@@ -859,6 +859,8 @@ class SQLiteStore(Store):
         status: OperationStatus | None = None,
         since: datetime | None = None,
         limit: int | None = None,
+        until: datetime | None = None,
+        before: int | None = None,
     ) -> builtins.list[RunRecord]:
         """See :meth:`Store.query_history`."""
         sql, args = history_statement(
@@ -870,6 +872,8 @@ class SQLiteStore(Store):
             status=status,
             since=since,
             limit=limit,
+            until=until,
+            before=before,
         )
         result: builtins.list[RunRecord] = await self._submit(READ, self._history, sql, args)
         return result

@@ -444,6 +444,7 @@ setRole(null);
 let typing = null;
 $("state-filter").addEventListener("change", firstPage);
 $("search").addEventListener("input", () => {  // read once the typing pauses
+  updateBulk();  // at once: bulk cancel cannot filter by the search
   clearTimeout(typing);
   typing = setTimeout(firstPage, 250);
 });

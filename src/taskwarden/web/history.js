@@ -4,23 +4,23 @@
 import { $, el, api, badge, clock, ago, seconds, every, TERMINAL } from "./util.js";
 
 const PAGE = 20;
-const MOST = 1000;          // the route's largest limit
 const WINDOW_MINUTES = 5;
 const THROUGHPUT_CAP = 500; // runs fetched to count the window: "500+" past it
 
-const history = { page: 0, items: [], more: false, selected: null, asked: 0 };
+// starts: the cursor of each page's start (null: the newest), so pages go back and forth
+// by cursor and runs recorded meanwhile do not shift an older page.
+const history = { page: 0, starts: [null], next: null, items: [], selected: null, asked: 0 };
 
 // ------------------------------------------------------------------ the panel
-// The route pages by limit only: page N asks for the first (N + 1) pages plus one run,
-// which says whether there is an older page (so at most MOST runs are reachable).
 async function loadHistory() {
   const params = new URLSearchParams();
   const processId = $("history-process").value.trim();
   const status = $("history-status").value;
   if (processId) params.set("processId", processId);
   if (status) params.set("status", status);
-  const end = (history.page + 1) * PAGE;
-  params.set("limit", String(Math.min(MOST, end + 1)));
+  params.set("limit", String(PAGE));
+  const start = history.starts[history.page];
+  if (start !== null) params.set("cursor", start);
   const asked = ++history.asked;
   const answer = await api(`api/history?${params}`);
   if (asked !== history.asked) return;  // a newer filter or page was asked meanwhile
@@ -29,9 +29,14 @@ async function loadHistory() {
     return;
   }
   $("history-note").textContent = "";
-  history.more = answer.body.items.length > end && end < MOST;
-  history.items = answer.body.items.slice(history.page * PAGE, end);
+  history.next = answer.body.nextCursor;
+  history.items = answer.body.items;
   renderHistory();
+}
+
+function firstHistoryPage() {
+  history.page = 0;
+  history.starts = [null];
 }
 
 function runLabel(run) {
@@ -63,7 +68,7 @@ function renderHistory() {
   }
   $("history-page").textContent = `page ${history.page + 1}`;
   $("history-prev").disabled = history.page === 0;
-  $("history-next").disabled = !history.more;
+  $("history-next").disabled = history.next === null;
 }
 
 export function showRun(run) {
@@ -101,7 +106,7 @@ function closeRun() {
 export function historyOf(processId) {
   $("history-process").value = processId;
   $("history-status").value = "";
-  history.page = 0;
+  firstHistoryPage();
   panelPoll.now();
   $("history").scrollIntoView({ behavior: "smooth", block: "start" });
 }
@@ -166,12 +171,21 @@ export function onProcesses(processes) {
 export function startHistory() {
   $("history-filter").addEventListener("submit", (event) => {
     event.preventDefault();
-    history.page = 0;
+    firstHistoryPage();
     panelPoll.now();
   });
-  $("history-status").addEventListener("change", () => { history.page = 0; panelPoll.now(); });
-  $("history-prev").addEventListener("click", () => { history.page -= 1; panelPoll.now(); });
-  $("history-next").addEventListener("click", () => { history.page += 1; panelPoll.now(); });
+  $("history-status").addEventListener("change", () => { firstHistoryPage(); panelPoll.now(); });
+  $("history-prev").addEventListener("click", () => {
+    history.page -= 1;
+    history.starts.length = history.page + 1;
+    panelPoll.now();
+  });
+  $("history-next").addEventListener("click", () => {
+    if (history.next === null) return;
+    history.starts.push(history.next);
+    history.page += 1;
+    panelPoll.now();
+  });
   $("close-run").addEventListener("click", closeRun);
   lastRefresh = Date.now();
   panelPoll.now();
