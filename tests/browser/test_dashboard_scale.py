@@ -113,7 +113,8 @@ def test_ten_thousand_processes_load_a_page_at_a_time_and_stay_live(
         ".transferSize);"
     )
     print(
-        f"\n10,000 processes: first contentful paint {paint:.0f} ms, first rows "
+        f"\n10,000 processes: first contentful paint "
+        f"{'n/a' if paint is None else f'{paint:.0f}'} ms, first rows "
         f"{first_render:.0f} ms after navigation; page and assets {loaded:,} bytes, "
         f"list page {reads[0][1]:,} bytes"
     )

@@ -59,8 +59,9 @@ def create_app(
             streams at once.
         tokens: bearer tokens and their roles (``"viewer"`` or ``"operator"``); or
         authenticate: your own check (see :mod:`taskwarden.api.auth`). Neither: open.
-        coalesce: at most one frame per this many seconds: a change after a quiet spell
-            is sent at once, the changes within the window after it together.
+        coalesce: each process is sent at most once per this many seconds: its change
+            after a quiet spell goes out at once, its changes within the window after
+            that together at the window's end; other processes are not held back.
         keepalive: idle seconds before a stream sends a keepalive comment.
         supervisor: a supervisor in this process: ``GET /api/supervisor`` shows its tasks.
         registry: whose live operations ``/api/operations`` shows for this process

@@ -431,6 +431,7 @@ async function boot() {
     return;
   }
   connect();
+  loadPage();  // beside the stream's start, not after it (its reset reads it again)
   if (!view.started) {
     view.started = true;
     startHistory();
