@@ -394,9 +394,7 @@ async def history(
     since: Annotated[str | None, Query(description="ISO-8601 time")] = None,
     until: Annotated[str | None, Query(description="ISO-8601 time")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: Annotated[
-        str | None, Query(description="the nextCursor of the previous page")
-    ] = None,
+    cursor: Annotated[str | None, Query(description="the nextCursor of the previous page")] = None,
 ) -> dict[str, Any]:
     """Runs from the store's history with their errors and tracebacks, newest first,
     ``{items, nextCursor}``: pass ``nextCursor`` as ``cursor`` for the next page (runs

@@ -571,9 +571,12 @@ class RunMixin(EngineBase):
                 )
             # Only while it is still finished: a copy that raced us may have started it.
             finished = frozenset(S) - ACTIVE_STATES
-            if not await self.store.delete(
-                task.process_id, only_if_states=finished, descendants=True
-            ) and await self.store.get(task.process_id) is not None:
+            if (
+                not await self.store.delete(
+                    task.process_id, only_if_states=finished, descendants=True
+                )
+                and await self.store.get(task.process_id) is not None
+            ):
                 raise InvalidDefinition(
                     f"child process id {task.process_id!r} was started by another run "
                     "meanwhile: give each child a unique id"
