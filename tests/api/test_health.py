@@ -90,3 +90,34 @@ async def test_healthz_is_open_and_readyz_checks_store_feed_and_bus(tmp_path: Pa
             assert body["checks"]["store"].startswith("failed")
             await app.state.taskwarden.feed.close()
             assert (await client.get("/readyz")).json()["checks"]["feed"] == "closed"
+
+
+def test_metrics_count_the_runs_inside_a_coalesced_change() -> None:
+    """A change may carry several steps of a process at once: idle to done (started and
+    finished within one window), or done to done again (a whole new run)."""
+    from taskwarden.api.broadcaster import Broadcaster, Change, ProcessChange
+    from taskwarden.api.health import Metrics
+    from taskwarden.processes import ProcessRecord
+    from taskwarden.stores.memory import MemoryStore
+
+    metrics = Metrics(Broadcaster(MemoryStore(), poll_interval=None))
+    idle = ProcessRecord(process_id="p", name="P")
+    done = ProcessRecord(process_id="p", name="P", state=S.DONE, run_number=1, duration=0.5)
+    again = ProcessRecord(process_id="p", name="P", state=S.DONE, run_number=2, duration=0.2)
+    failed = ProcessRecord(process_id="q", name="Q", state=S.FAILED, run_number=3)
+    progress = ProcessRecord(process_id="p", name="P", state=S.DONE, run_number=2)
+    metrics.observe(
+        Change(
+            1,
+            (
+                ProcessChange("p", done, idle),
+                ProcessChange("q", failed, ProcessRecord(process_id="q", name="Q", run_number=1)),
+            ),
+        )
+    )
+    metrics.observe(Change(2, (ProcessChange("p", again, done),)))
+    metrics.observe(Change(3, (ProcessChange("p", progress, again),)))  # no new run
+    found = samples(metrics.exposition().decode())
+    assert found[("taskwarden_runs_started_total", ())] == 4  # 1 + 2 (q ran twice) + 1
+    assert found[("taskwarden_runs_finished_total", (("outcome", "done"),))] == 2
+    assert found[("taskwarden_runs_finished_total", (("outcome", "failed"),))] == 1

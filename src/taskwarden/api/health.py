@@ -102,13 +102,21 @@ class Metrics:
         feed.listeners.append(self.observe)
 
     def observe(self, change: Change) -> None:
-        """Count the runs a change started and finished."""
+        """Count the runs a change started and finished.
+
+        A change may carry several steps of a process at once (coalescing), so a start is
+        read from the run number (it grows when a run starts), and an end from a new
+        outcome or a new run that already ended."""
         for item in change.processes:
             record, previous = item.record, item.previous
-            if record is None or (previous is not None and previous.state == record.state):
+            if record is None:
                 continue
-            if record.state is ProcessState.RUNNING:
-                self.started.inc()
+            before = previous.run_number if previous is not None else 0
+            new_runs = max(0, record.run_number - before)
+            if new_runs:
+                self.started.inc(new_runs)
+            elif previous is not None and previous.state == record.state:
+                continue
             outcome = _OUTCOMES.get(record.state)
             if outcome is not None:
                 self.finished.labels(outcome).inc()

@@ -2,9 +2,9 @@
 
 ``index.html`` is the page; its scripts (ES modules) and stylesheet are served under
 ``static/`` from an allow-list: the package's own ``*.js`` and ``*.css`` files, by exact
-name. The page holds no data; it reads the API with the browser's cookie
-(``taskwarden_token``) when tokens are configured, so the page and its assets are served
-without auth. Each answer carries an ``ETag``, so a reload revalidates with a 304.
+name. The page holds no data; it reads the API with the session cookie that
+``POST /api/session`` sets when tokens are configured, so the page and its assets are
+served without auth. Each answer carries an ``ETag``, so a reload revalidates with a 304.
 """
 
 from __future__ import annotations
