@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -108,17 +109,20 @@ async def list_processes(
     store = _service(request).store
     equal = store_equalities(metadata_filter)
     if equal is not None:
-        found = await store.list(
-            state=state,
-            root_id=root_id,
-            metadata=equal,
-            limit=limit + 1,
-            cursor=cursor,
-            roots_only=roots_only,
-            search=search,
-        )
-        total = await store.count(
-            state=state, root_id=root_id, metadata=equal, roots_only=roots_only, search=search
+        # The page and the count are two queries: on a pool (PostgreSQL) they overlap.
+        found, total = await asyncio.gather(
+            store.list(
+                state=state,
+                root_id=root_id,
+                metadata=equal,
+                limit=limit + 1,
+                cursor=cursor,
+                roots_only=roots_only,
+                search=search,
+            ),
+            store.count(
+                state=state, root_id=root_id, metadata=equal, roots_only=roots_only, search=search
+            ),
         )
         return {
             "items": [process_document(r) for r in found[:limit]],
