@@ -79,16 +79,18 @@ function renderOverview() {
   $("failures").textContent = String(view.counts.failed || 0);
 }
 
+function rowOf(p) {
+  const row = el("tr", { "data-id": p.processId, class: p.processId === view.selected ? "selected" : "" },
+    el("td", {}, p.name, el("br"), el("small", {}, p.processId)),
+    el("td", {}, stateBadge(p.status.state)),
+    el("td", {}, bar(p), " ", (p.progress && p.progress.message) || ""),
+    el("td", { class: "elapsed" }, elapsed(p)));
+  row.addEventListener("click", () => openTree(p.processId));
+  return row;
+}
+
 function renderRows() {
-  $("rows").replaceChildren(...view.rows.map((p) => {
-    const row = el("tr", { "data-id": p.processId, class: p.processId === view.selected ? "selected" : "" },
-      el("td", {}, p.name, el("br"), el("small", {}, p.processId)),
-      el("td", {}, stateBadge(p.status.state)),
-      el("td", {}, bar(p), " ", (p.progress && p.progress.message) || ""),
-      el("td", { class: "elapsed" }, elapsed(p)));
-    row.addEventListener("click", () => openTree(p.processId));
-    return row;
-  }));
+  $("rows").replaceChildren(...view.rows.map(rowOf));
   const pages = Math.max(1, Math.ceil(view.total / PAGE_SIZE));
   $("page-info").textContent = `page ${view.page + 1} of ${pages} · ${view.total} processes`;
   $("prev").disabled = view.page === 0;
@@ -158,18 +160,18 @@ function onChanged(frame) {
     if (frame.processes.length || frame.removed.length) reloadSoon();
     return;
   }
-  let redraw = false;
   for (const p of frame.processes) {
     const at = view.rows.findIndex((row) => row.processId === p.processId);
     if (at >= 0 && matches(p)) {
       view.rows[at] = p;  // in place: the rows do not move under the reader
-      redraw = true;
+      const shown = $("rows").children[at];  // only this row is drawn again
+      if (shown && shown.dataset.id === p.processId) shown.replaceWith(rowOf(p));
+      else renderRows();
     } else if (at >= 0 || (matches(p) && !afterPage(p))) {
       reloadSoon();  // it leaves the page, or may join it
     }
   }
   if (frame.removed.some((id) => view.rows.some((row) => row.processId === id))) reloadSoon();
-  if (redraw) renderRows();
 }
 
 function onListFrame(frame) {
