@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import threading
-from collections.abc import Coroutine, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-import uvicorn
 
 from taskwarden.api import create_app
 from taskwarden.engine import Engine, ProcessContext
+from tests.browser.served import ServedLoop
 from tests.engine_support import definitions, task
 
 pytestmark = pytest.mark.browser
-
-T = TypeVar("T")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 async def report(ctx: ProcessContext) -> None:
@@ -69,20 +60,12 @@ COUNT_EVENT_SOURCES = """
 """
 
 
-class ServedEngine:
+class ServedEngine(ServedLoop):
     """An engine and the service on a loopback port, in a thread with its own loop."""
 
     def __init__(self, store_url: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        super().__init__()
         self.store_url = store_url
-        self.server: uvicorn.Server | None = None
-        self.serving: asyncio.Task[None] | None = None
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return future.result(timeout=30)
 
     async def start(self) -> int:
         self.gate = asyncio.Event()
@@ -99,22 +82,12 @@ class ServedEngine:
         )
         await self.engine.init()
         self.app = create_app(self.engine.store, engine=self.engine, coalesce=0.05)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        self.serving = asyncio.create_task(self.server.serve(sockets=[sock]))
-        async with asyncio.timeout(10):
-            while not self.server.started:  # noqa: ASYNC110 - uvicorn offers no event
-                await asyncio.sleep(0.01)
-        return port
+        return await self.serve(self.app)
 
     async def stop(self) -> None:
         self.gate.set()
         await self.app.state.taskwarden.feed.close()
-        if self.server is not None and self.serving is not None:
-            self.server.should_exit = True
-            await self.serving
+        await self.stop_serving()
         await self.engine.shutdown(timeout=5)
 
     async def subscribers(self) -> int:
@@ -128,14 +101,6 @@ class ServedEngine:
         assert record is not None
         return str(record.state)
 
-    def close(self) -> None:
-        try:
-            self.call(self.stop())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=10)
-            self.loop.close()
-
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[ServedEngine, int]]:
@@ -145,26 +110,6 @@ def served(tmp_path: Path) -> Iterator[tuple[ServedEngine, int]]:
         yield served, port
     finally:
         served.close()
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium and chromium-driver are needed (apt-get install them)")
-        pytest.skip("chromium and chromium-driver are not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def test_the_dashboard_shows_and_steers_live_processes(

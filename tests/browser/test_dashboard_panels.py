@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from taskwarden import Cancelable
 from taskwarden.api import create_app
@@ -21,7 +19,6 @@ from taskwarden.engine import Engine, ProcessContext, TaskInstance
 from taskwarden.model import WorkerRecord
 from taskwarden.supervisor import Supervisor
 from tests.browser.test_dashboard import ServedEngine
-from tests.browser.test_dashboard import browser as browser
 from tests.engine_support import definitions, task
 
 pytestmark = pytest.mark.browser
@@ -104,15 +101,7 @@ class ServedPanels(ServedEngine):
             tokens={"op-token": "operator", "view-token": "viewer"},
             supervisor=supervisor,
         )
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        self.serving = asyncio.create_task(self.server.serve(sockets=[sock]))
-        async with asyncio.timeout(10):
-            while not self.server.started:  # noqa: ASYNC110 - uvicorn offers no event
-                await asyncio.sleep(0.01)
-        return port
+        return await self.serve(self.app)
 
 
 def _serve(tmp_path: Path, *, supervised: bool) -> Iterator[tuple[ServedPanels, int]]:

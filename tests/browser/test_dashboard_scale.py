@@ -11,9 +11,7 @@ import pytest
 
 from taskwarden.processes import ProcessRecord, ProcessState
 from taskwarden.stores import open_store
-from tests.browser.test_dashboard import ServedEngine, browser
-
-__all__ = ["browser"]  # the fixture
+from tests.browser.test_dashboard import ServedEngine
 
 pytestmark = pytest.mark.browser
 

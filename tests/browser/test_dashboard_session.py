@@ -4,45 +4,25 @@ gives the role, and "Sign out" clears the cookie and shows the form again."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
-import socket
-import threading
-from collections.abc import Coroutine, Iterator
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-import uvicorn
 
 from taskwarden.api import create_app
 from taskwarden.api.signing import SESSION_COOKIE
 from taskwarden.processes import ProcessRecord
 from taskwarden.stores.memory import MemoryStore
+from tests.browser.served import ServedLoop
 
 pytestmark = pytest.mark.browser
 
-T = TypeVar("T")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 OPERATOR, VIEWER = "steer-5d1c0e", "look-93ab27"
 
 
-class ServedApp:
+class ServedApp(ServedLoop):
     """The service over a memory store with two tokens, on a loopback port, in a thread
     with its own event loop."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server: uvicorn.Server | None = None
-        self.serving: asyncio.Task[None] | None = None
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return future.result(timeout=30)
 
     async def start(self) -> int:
         self.store = MemoryStore()
@@ -51,30 +31,12 @@ class ServedApp:
         self.app = create_app(
             self.store, tokens={OPERATOR: "operator", VIEWER: "viewer"}, coalesce=0.05
         )
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        self.serving = asyncio.create_task(self.server.serve(sockets=[sock]))
-        async with asyncio.timeout(10):
-            while not self.server.started:  # noqa: ASYNC110 - uvicorn offers no event
-                await asyncio.sleep(0.01)
-        return port
+        return await self.serve(self.app)
 
     async def stop(self) -> None:
         await self.app.state.taskwarden.feed.close()
-        if self.server is not None and self.serving is not None:
-            self.server.should_exit = True
-            await self.serving
+        await self.stop_serving()
         await self.store.close()
-
-    def close(self) -> None:
-        try:
-            self.call(self.stop())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=10)
-            self.loop.close()
 
 
 @pytest.fixture
@@ -84,26 +46,6 @@ def port() -> Iterator[int]:
         yield served.call(served.start())
     finally:
         served.close()
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium and chromium-driver are needed (apt-get install them)")
-        pytest.skip("chromium and chromium-driver are not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def test_sign_in_with_a_wrong_then_the_right_token_and_sign_out(port: int, browser: Any) -> None:
