@@ -123,20 +123,26 @@ class Namespace:
                 await admin.close()
 
 
-def _spawn(url: str, prefix: str, n: int, go: str, sink: str, bus: str, log: Path) -> Any:
-    cmd = [
-        sys.executable, __file__, "worker", "--url", url, "--prefix", prefix,
-        "--n", str(n), "--go", go, "--concurrency", "100", "--bus", bus,
-    ]  # fmt: skip
+def spawn_worker(cmd: list[str], log: Path, **env: str) -> Any:
+    """Start a worker process (``cmd``): stdout piped (it prints ``ready``), stderr to
+    ``log``, ``env`` added to the environment. :func:`_stop` kills it."""
     out = log.open("w")
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
         stderr=out,
         text=True,
-        env={**os.environ, "BENCH_SINK": sink, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
     )
     return proc, out
+
+
+def _spawn(url: str, prefix: str, n: int, go: str, sink: str, bus: str, log: Path) -> Any:
+    cmd = [
+        sys.executable, __file__, "worker", "--url", url, "--prefix", prefix,
+        "--n", str(n), "--go", go, "--concurrency", "100", "--bus", bus,
+    ]  # fmt: skip
+    return spawn_worker(cmd, log, BENCH_SINK=sink)
 
 
 def _stop(procs: list[Any]) -> None:

@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from bench_fleet import Namespace, _one, _stop  # noqa: E402
+from bench_fleet import Namespace, _one, _stop, spawn_worker  # noqa: E402
 from peers_queue import Sink, pct, stamp  # noqa: E402
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -95,15 +94,7 @@ def _spawn(args: argparse.Namespace, url: str, sink: str, bus: str, log: Path) -
         sys.executable, __file__, "worker", "--url", url, "--n", str(args.trials + 1),
         "--bus", bus, "--via", args.via, "--leases", args.leases, "--renew", str(args.renew),
     ]  # fmt: skip
-    out = log.open("w")
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=out,
-        text=True,
-        env={**os.environ, "BENCH_SINK": sink, "PYTHONUNBUFFERED": "1"},
-    )
-    return proc, out
+    return spawn_worker(cmd, log, BENCH_SINK=sink)
 
 
 async def _wait_state(store: Any, process_id: str, state: str, seconds: float) -> bool:

@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from bench_fleet import PG_URL, Namespace, _stop  # noqa: E402
+from bench_fleet import PG_URL, Namespace, _stop, spawn_worker  # noqa: E402
 
 
 def _definitions(n: int) -> Any:
@@ -82,15 +82,7 @@ def _spawn(args: argparse.Namespace, url: str, n: int, concurrency: int, log: Pa
         sys.executable, __file__, "worker", "--url", url, "--n", str(n),
         "--concurrency", str(concurrency), "--renew", str(args.renew),
     ]  # fmt: skip
-    out = log.open("w")
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=out,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    return proc, out
+    return spawn_worker(cmd, log)
 
 
 async def _counters(url: str) -> tuple[float, int, int]:
