@@ -53,6 +53,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -278,32 +279,51 @@ async def launch_all(ns: Namespace, n: int) -> None:
 
 
 # --------------------------------------------------------------------------- cases
+@contextlib.asynccontextmanager
+async def _worker_and_server(
+    ns: Namespace,
+    tmp: Path,
+    *,
+    n: int,
+    every: tuple[float, float],
+    duration: float,
+    coalesce: float | None = None,
+) -> AsyncIterator[tuple[WorkerProcess, Server]]:
+    """A reporting worker process and a server, both ready; both stopped on exit."""
+    worker = WorkerProcess(ns, tmp, n=n, every=every, duration=duration)
+    server = Server(ns, tmp, coalesce=coalesce)
+    try:
+        worker.start()
+        await worker.wait_ready(60)
+        server.start()
+        await server.wait_ready(60)
+        yield worker, server
+    finally:
+        server.stop()
+        worker.stop()
+
+
 async def case_latency(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="twsvc-"))
     bus = "redis" if args.store == "postgres" else ""
     n, duration = args.processes, args.duration
     try:
-        async with Namespace(args.store, bus, tmp) as ns:
-            worker = WorkerProcess(ns, tmp, n=n, every=(1.2, 2.0), duration=duration)
-            server = Server(ns, tmp, coalesce=args.coalesce)
-            try:
-                worker.start()
-                await worker.wait_ready(60)
-                server.start()
-                await server.wait_ready(60)
-                async with connected(
-                    server.port,
-                    args.clients,
-                    track=True,
-                    max_seconds=duration + 60,
-                    topic=args.topic,
-                ) as clients:
-                    await launch_all(ns, n)
-                    await asyncio.sleep(duration + 3.0)
-                commits = worker.commits()
-            finally:
-                server.stop()
-                worker.stop()
+        async with (
+            Namespace(args.store, bus, tmp) as ns,
+            _worker_and_server(
+                ns, tmp, n=n, every=(1.2, 2.0), duration=duration, coalesce=args.coalesce
+            ) as (worker, server),
+        ):
+            async with connected(
+                server.port,
+                args.clients,
+                track=True,
+                max_seconds=duration + 60,
+                topic=args.topic,
+            ) as clients:
+                await launch_all(ns, n)
+                await asyncio.sleep(duration + 3.0)
+            commits = worker.commits()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     lat = [
@@ -354,36 +374,32 @@ async def case_queries(args: argparse.Namespace) -> dict[str, Any]:
     duration = warmup + window + 3.0
     result: dict[str, Any] = {}
     try:
-        async with Namespace(args.store, bus, tmp) as ns:
-            worker = WorkerProcess(ns, tmp, n=n, every=(0.2, 0.3), duration=duration)
-            server = Server(ns, tmp)
-            try:
-                worker.start()
-                await worker.wait_ready(60)
-                server.start()
-                await server.wait_ready(60)
-                async with connected(
-                    server.port,
-                    args.clients,
-                    track=False,
-                    max_seconds=duration + 60,
-                    topic=args.topic,
-                ) as clients:
-                    await launch_all(ns, n)
-                    await asyncio.sleep(warmup)
-                    t0, calls0 = server.calls()
-                    writes0 = len(_read(worker.sink).splitlines())
-                    frames0 = [c.frames for c in clients]
-                    pg0 = await _pg_counters(ns) if ns.db else None
-                    await asyncio.sleep(window)
-                    t1, calls1 = server.calls()
-                    writes1 = len(_read(worker.sink).splitlines())
-                    frames1 = [c.frames for c in clients]
-                    pg1 = await _pg_counters(ns) if ns.db else None
-                    _, metrics = await Http(server.port).get_once("/metrics")
-            finally:
-                server.stop()
-                worker.stop()
+        async with (
+            Namespace(args.store, bus, tmp) as ns,
+            _worker_and_server(ns, tmp, n=n, every=(0.2, 0.3), duration=duration) as (
+                worker,
+                server,
+            ),
+            connected(
+                server.port,
+                args.clients,
+                track=False,
+                max_seconds=duration + 60,
+                topic=args.topic,
+            ) as clients,
+        ):
+            await launch_all(ns, n)
+            await asyncio.sleep(warmup)
+            t0, calls0 = server.calls()
+            writes0 = len(_read(worker.sink).splitlines())
+            frames0 = [c.frames for c in clients]
+            pg0 = await _pg_counters(ns) if ns.db else None
+            await asyncio.sleep(window)
+            t1, calls1 = server.calls()
+            writes1 = len(_read(worker.sink).splitlines())
+            frames1 = [c.frames for c in clients]
+            pg1 = await _pg_counters(ns) if ns.db else None
+            _, metrics = await Http(server.port).get_once("/metrics")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     span = t1 - t0
