@@ -499,9 +499,15 @@ class Store(ABC):
         limit: int = 1,
         *,
         process_ids: Collection[str] | None = None,
+        start: bool = False,
     ) -> builtins.list[ProcessRecord]:
         """Take up to ``limit`` ``scheduled`` processes that have no live lease (only among
         ``process_ids`` when given: a worker claims what it has definitions for).
+
+        With ``start`` each taken record also starts in the same write: its state becomes
+        ``running``, ``run_number`` is incremented, ``running_since`` is now and
+        ``next_attempt_at`` and ``error`` are cleared (what a ``scheduled -> running``
+        transition by the claimer would write, one statement and round trip less per run).
 
         A lease is live while ``lease_owner`` is set and ``lease_expires_at`` is after the
         store clock's now, or is None (a hold without expiry, e.g. an engine keeping a child

@@ -302,10 +302,11 @@ def test_bulk_cancel_names_the_count_and_asks_for_a_reason(
 
         # A state that cannot be cancelled, or a search the route cannot filter by: off.
         page.one('#state-filter option[value="failed"]').click()
-        assert not page.one("#bulk-cancel").is_enabled()
+        page.until(lambda: not page.one("#bulk-cancel").is_enabled())
         page.one('#state-filter option[value=""]').click()
+        page.until(lambda: page.one("#bulk-cancel").is_enabled())
         page.one("#search").send_keys("bulk")
-        assert not page.one("#bulk-cancel").is_enabled()
+        page.until(lambda: not page.one("#bulk-cancel").is_enabled())
 
 
 def test_an_xss_name_and_error_render_as_text_everywhere(

@@ -7,6 +7,7 @@ import sqlite3
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from taskwarden.errors import InvalidDefinition, StoreError
 from taskwarden.processes import ProcessRecord, ProcessState
 from taskwarden.stores.sqlite import SQLiteStore
-from taskwarden.stores.sqlite_support import ALONE
+from taskwarden.stores.sqlite_support import ALONE, WRITE
 
 S = ProcessState
 
@@ -44,6 +45,26 @@ async def test_a_failing_call_does_not_fail_the_others_in_its_batch(tmp_path: Pa
         assert all(isinstance(r, ProcessRecord) for i, r in enumerate(results) if i != 5)
         assert len(await store.list()) == 10
         assert await store.get("bad") is None
+
+
+async def test_calls_made_in_one_loop_iteration_share_one_transaction(tmp_path: Path) -> None:
+    """The calls a loop iteration makes reach the database thread together: 20 writes
+    made in one iteration commit in one transaction, even with pauses between them in
+    which the thread could have woken for the first and committed it alone."""
+    async with SQLiteStore(tmp_path / "s.db") as store:
+        assert store._db is not None
+        before = store._db.transactions
+        calls = []
+        for i in range(20):
+            calls.append(store._submit(WRITE, _touch, i))
+            time.sleep(0.002)  # noqa: ASYNC251 - holds the loop: the thread is free to run
+        assert await asyncio.gather(*calls) == list(range(20))
+        assert store._db.transactions - before == 1
+
+
+def _touch(conn: sqlite3.Connection, value: int) -> int:
+    (got,) = conn.execute("SELECT ?", (value,)).fetchone()
+    return int(got)
 
 
 async def test_a_lock_held_too_long_is_a_store_error_and_the_store_recovers(

@@ -1000,6 +1000,42 @@ async def test_claim_leaves_a_retry_until_it_is_due(store: Store, clock: FakeClo
     assert got is not None and got.next_attempt_at == T0 + timedelta(seconds=2)
 
 
+async def test_claim_with_start_takes_and_starts_in_one_write(
+    store: Store, clock: FakeClock
+) -> None:
+    """``start=True``: each taken record is ``running`` at once, its run number one up,
+    ``running_since`` now, a due retry's wait and error cleared; the rest as a claim."""
+    await put(store, S.RUNNING, process_id="flaky", run_number=2)
+    await store.transition(
+        "flaky",
+        [S.RUNNING],
+        S.SCHEDULED,
+        attempt=1,
+        next_attempt_at=T0,
+        lease_owner=None,
+        error="attempt 1 failed",
+    )
+    await put(store, S.SCHEDULED, process_id="fresh")
+    await put(store, S.SCHEDULED, process_id="later", next_attempt_at=T0 + timedelta(seconds=9))
+    clock.advance(1)
+    claimed = await store.claim("w", lease_seconds=10, limit=10, start=True)
+    assert _ids_of(claimed) == ["flaky", "fresh"]
+    by_id = {r.process_id: r for r in claimed}
+    assert by_id["flaky"].run_number == 3 and by_id["fresh"].run_number == 1
+    for record in claimed:
+        assert record.state is S.RUNNING
+        assert record.lease_owner == "w"
+        assert record.lease_expires_at == T0 + timedelta(seconds=11)
+        assert record.running_since == T0 + timedelta(seconds=1)
+        assert record.next_attempt_at is None and record.error is None
+        assert await store.get(record.process_id) == record
+    assert by_id["flaky"].attempt == 1  # the attempt count is the end's to move
+    later = await store.get("later")
+    assert later is not None and later.state is S.SCHEDULED and later.lease_owner is None
+    done = await store.transition("fresh", [S.RUNNING], S.DONE, expected_owner="w")
+    assert done.state is S.DONE and done.lease_owner is None
+
+
 _RUNTIME_SAMPLES: dict[str, Any] = {
     "error": "boom",
     "running_since": T0,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
@@ -579,3 +581,116 @@ async def test_a_child_is_not_created_under_a_parent_whose_lease_was_lost(
     assert await client.get("job/child") is None
     record = await state_of(client, "job")
     assert record.lease_owner == "someone-else" and record.state is S.RUNNING
+
+
+async def test_a_claim_starts_its_runs_in_the_same_write(
+    store_url: tuple[str, str], client: Store
+) -> None:
+    """A worker's claim writes ``running`` itself: no run it claims makes a
+    ``scheduled -> running`` transition of its own (one write per run less)."""
+    seen: list[ProcessRecord] = []
+
+    async def job(ctx: ProcessContext) -> None:
+        seen.append(await state_of(client, ctx.process_id))
+
+    ids = [f"job-{i}" for i in range(5)]
+    w = worker(store_url, *(task(pid, job) for pid in ids), poll_interval=0.02)
+    starts: list[str] = []
+    original = w.store.transition
+
+    async def counting(process_id: str, expected: Any, to_state: Any, /, **kw: Any) -> Any:
+        if to_state is S.RUNNING:
+            starts.append(process_id)
+        return await original(process_id, expected, to_state, **kw)
+
+    w.store.transition = counting  # type: ignore[method-assign]
+    async with w:
+        for pid in ids:
+            await launch(client, pid)
+        await eventually(lambda: _all_are(client, ids, S.DONE))
+    assert starts == []
+    assert sorted(r.process_id for r in seen) == ids
+    assert all(r.state is S.RUNNING and r.run_number == 1 for r in seen)
+    assert all(r.lease_owner == w.incarnation for r in seen)
+    assert len(await client.query_history(status=OperationStatus.COMPLETED)) == 5
+
+
+async def _all_are(store: Store, ids: list[str], state: ProcessState) -> bool:
+    return all([await _is(store, pid, state) for pid in ids])
+
+
+async def test_a_worker_dead_between_its_claim_and_the_run_is_a_lost_worker(
+    store_url: tuple[str, str], client: Store
+) -> None:
+    """A claim that started a run whose worker died before the task began: the record
+    says ``running`` under a lease nobody renews, so the reaper resolves it by the task's
+    policy (here ``retry``: it runs on the survivor), like any run of a dead worker."""
+    ran = asyncio.Event()
+
+    async def job(ctx: ProcessContext) -> None:
+        ran.set()
+
+    await client.create(ProcessRecord(process_id="job", name="job", on_worker_lost="retry"))
+    await launch(client, "job")
+    [claimed] = await client.claim("gone:1:1", 0.3, 1, start=True)
+    assert claimed.state is S.RUNNING and claimed.run_number == 1
+    async with worker(store_url, task("job", job, on_worker_lost="retry"), poll_interval=0.02):
+        await eventually(lambda: _is(client, "job", S.DONE))
+    assert ran.is_set()
+    record = await state_of(client, "job")
+    assert record.lost_count == 1 and record.run_number == 2
+    statuses = sorted(str(r.status) for r in await client.query_history(process_id="job"))
+    assert statuses == ["completed", "failed"]
+
+
+async def test_a_started_claim_that_cannot_run_here_goes_back_unstarted(
+    store_url: tuple[str, str], client: Store
+) -> None:
+    """A record the claim started but that this worker has no definition for is given
+    back ``scheduled``, unleased, with its run number as before: it never ran."""
+    async with worker(store_url, task("mine")) as w:
+        await client.create(ProcessRecord(process_id="theirs", name="theirs"))
+        await launch(client, "theirs")
+        [claimed] = await client.claim(w.incarnation, 30, 1, process_ids=["theirs"], start=True)
+        assert claimed.state is S.RUNNING
+        assert await w.engine.start_claimed(claimed) is False
+        back = await state_of(client, "theirs")
+        assert back.state is S.SCHEDULED and back.lease_owner is None
+        assert back.run_number == 0 and back.running_since is None
+
+
+async def test_a_worker_restarted_on_the_same_host_resolves_its_dead_predecessor_at_once(
+    store_url: tuple[str, str], client: Store
+) -> None:
+    """Runs held by a worker of this host whose process has exited are resolved by their
+    policy when a worker starts, without waiting for the lease (60 s here) to expire:
+    ``retry`` runs again at once, ``fail`` is recorded failed naming the dead worker."""
+    exited = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await exited.wait()
+    dead = f"{socket.gethostname()}:{exited.pid}:1"
+    held: dict[str, Any] = {
+        "state": S.RUNNING,
+        "run_number": 1,
+        "running_since": utcnow(),
+        "lease_owner": dead,
+        "lease_expires_at": utcnow() + timedelta(seconds=60),
+    }
+    await client.create(ProcessRecord(process_id="again", name="again", **held))
+    await client.create(ProcessRecord(process_id="over", name="over", **held))
+    ran = asyncio.Event()
+
+    async def job(ctx: ProcessContext) -> None:
+        ran.set()
+
+    definitions_ = (
+        task("again", job, on_worker_lost="retry"),
+        task("over", job, on_worker_lost="fail"),
+    )
+    async with worker(store_url, *definitions_, poll_interval=0.02, reaper_interval=60) as w:
+        await eventually(lambda: _is(client, "again", S.DONE), timeout=5)
+        assert ran.is_set() and w.reaped == 2
+    again = await state_of(client, "again")
+    assert again.lost_count == 1 and again.run_number == 2
+    over = await state_of(client, "over")
+    assert over.state is S.FAILED and over.error is not None
+    assert "worker-lost" in over.error and dead in over.error and "exited" in over.error

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from taskwarden.engine.runs import RunMixin
+from taskwarden.errors import InvalidTransition, ProcessNotFound
 from taskwarden.model import CancelationReason
 from taskwarden.processes import ProcessRecord, ProcessState
 
@@ -40,21 +41,45 @@ class ClaimMixin(RunMixin):
         return list(self._runs)
 
     async def start_claimed(self, record: ProcessRecord) -> bool:
-        """Run a ``scheduled`` record that this engine's worker claimed (its lease owner is
-        :attr:`engine_id`). False, and the lease handed back, when there is no definition
-        for it here or it runs already."""
+        """Run a record that this engine's worker claimed (its lease owner is
+        :attr:`engine_id`): ``scheduled``, or ``running`` already when the claim started it
+        (``Store.claim(start=True)``: the run's task then begins without a write of its
+        own). False, and the process handed back unstarted, when there is no definition for
+        it here or it runs already."""
         process_id = record.process_id
         definition = self._definitions.get(process_id)
+        started = record.state is ProcessState.RUNNING
         if (
             definition is None
             or process_id in self._runs
-            or record.state is not ProcessState.SCHEDULED
+            or record.state not in (ProcessState.SCHEDULED, ProcessState.RUNNING)
             or record.lease_owner != self.engine_id
         ):
-            await self.store.release(self.engine_id, [process_id])
+            if started:
+                await self._unstart(record)
+            else:
+                await self.store.release(self.engine_id, [process_id])
             return False
-        self._start_run(record, definition)
+        self._start_run(record, definition, claimed_running=started)
         return True
+
+    async def _unstart(self, record: ProcessRecord) -> None:
+        """Give back a run its claim started but that cannot run here: ``scheduled``
+        again, unleased, its run number as before (it never ran)."""
+        try:
+            back = await self.store.transition(
+                record.process_id,
+                {ProcessState.RUNNING},
+                ProcessState.SCHEDULED,
+                expected_owner=self.engine_id,
+                run_number=max(0, record.run_number - 1),
+                running_since=None,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        except (InvalidTransition, ProcessNotFound):
+            return  # cancelled or reaped meanwhile: that write decides
+        self._notify(back)
 
     def is_running_locally(self, process_id: str) -> bool:
         """True while this engine runs ``process_id`` and has not begun recording its end."""

@@ -19,7 +19,7 @@ from taskwarden.errors import InvalidTransition, ProcessNotFound
 from taskwarden.model import OperationStatus
 from taskwarden.processes import ACTIVE_STATES, ProcessState
 
-__all__ = ["HOST", "RecoveryMixin"]
+__all__ = ["HOST", "RecoveryMixin", "owner_process_gone"]
 
 logger = logging.getLogger("taskwarden.engine")
 
@@ -41,9 +41,14 @@ class RecoveryMixin(RunMixin):
             owner = record.lease_owner
             if owner is None and record.state is S.SCHEDULED:
                 continue  # launched from elsewhere, waiting for a worker to claim it
+            if self.lease_seconds is not None and owner is not None and owner != self.engine_id:
+                # In a fleet another worker's run goes by its task's on_worker_lost policy:
+                # the worker resolves it (at start when its owner's process is gone from
+                # this host, else by the reaper once its lease expires), not this engine.
+                continue
             expired = record.lease_expires_at is not None and record.lease_expires_at <= now
             held = owner is not None and owner != self.engine_id and not expired
-            if held and owner is not None and not _owner_process_gone(owner):
+            if held and owner is not None and not owner_process_gone(owner):
                 continue  # another live engine runs it
             message = (
                 f"the engine that ran it ({owner or 'unknown'}) stopped before the run ended; "
@@ -81,8 +86,9 @@ class RecoveryMixin(RunMixin):
         return relaunch
 
 
-def _owner_process_gone(owner: str) -> bool:
-    """True if ``owner`` is a default engine id of this host whose OS process has exited."""
+def owner_process_gone(owner: str) -> bool:
+    """True if ``owner`` is a default engine id or a worker incarnation
+    (``<host>:<pid>:<n>``) of this host whose OS process has exited."""
     host, sep, rest = owner.rpartition(":")  # <host>:<pid>:<n>
     host, sep2, pid_text = host.rpartition(":")
     if not (sep and sep2) or host != HOST or not pid_text.isdigit() or not rest.isdigit():

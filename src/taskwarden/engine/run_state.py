@@ -89,6 +89,8 @@ class _Run:
     """Stopped by its worker's drain: its end gives the process back to the fleet."""
     take_lease: bool = False
     """Its start takes the lease too (a retry that this engine starts when it is due)."""
+    claimed_running: bool = False
+    """Its worker's claim wrote its start (``running``): its task begins without a write."""
 
     @property
     def done(self) -> asyncio.Event:

@@ -85,6 +85,7 @@ class RunMixin(EngineBase):
         listener: Callable[[str, float | None, str | None], None] | None = None,
         launch: asyncio.Future[ProcessRecord | None] | None = None,
         process_id: str | None = None,
+        claimed_running: bool = False,
     ) -> _Run:
         if process_id is None:
             process_id = record.process_id
@@ -96,6 +97,7 @@ class RunMixin(EngineBase):
             listener=listener,
             ephemeral=record.ephemeral,
             launch=launch,
+            claimed_running=claimed_running,
         )
         self._runs[process_id] = run
         if self._start_waiters:
@@ -103,7 +105,9 @@ class RunMixin(EngineBase):
             if started is not None:
                 started.set()
         if parent is None and self._max_concurrency is not None:
-            if self._active_roots >= self._max_concurrency:
+            # A run whose claim started it says ``running`` already: it does not wait (it
+            # was claimed for a free slot that an in-process launch may have taken since).
+            if self._active_roots >= self._max_concurrency and not claimed_running:
                 # No task until a slot frees: a backlog costs a queue entry, not a task.
                 run.waiting_for_slot = True
                 # Its record is read again only once it starts: a backlog of waiting runs
@@ -218,6 +222,8 @@ class RunMixin(EngineBase):
                 return
             record = started
             run.ephemeral = run.ephemeral or record.ephemeral
+        elif run.claimed_running:
+            record = run.record  # the claim wrote the start
         else:
             start: dict[str, Any] = {"running_since": now}
             if run.definition.retries is not None:

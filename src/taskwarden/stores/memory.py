@@ -328,6 +328,7 @@ class MemoryStore(Store):
         limit: int = 1,
         *,
         process_ids: Collection[str] | None = None,
+        start: bool = False,
     ) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.claim`."""
         self._check_open()
@@ -350,8 +351,23 @@ class MemoryStore(Store):
             key=lambda r: (r.updated_at, r.process_id),
         )
         expires = now + timedelta(seconds=lease_seconds)
+        if not start:
+            return [
+                self._put(record, lease_owner=worker, lease_expires_at=expires)
+                for record in candidates
+            ]
         return [
-            self._put(record, lease_owner=worker, lease_expires_at=expires) for record in candidates
+            self._put(
+                record,
+                lease_owner=worker,
+                lease_expires_at=expires,
+                state=ProcessState.RUNNING,
+                run_number=record.run_number + 1,
+                running_since=now,
+                next_attempt_at=None,
+                error=None,
+            )
+            for record in candidates
         ]
 
     async def renew_leases(

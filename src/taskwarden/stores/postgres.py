@@ -693,11 +693,18 @@ class PostgresStore(Store):
         limit: int = 1,
         *,
         process_ids: Collection[str] | None = None,
+        start: bool = False,
     ) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.claim`."""
         if limit <= 0:
             return []
         served = "" if process_ids is None else " AND process_id = ANY($6::text[])"
+        starts = (
+            "state = 'running', run_number = t.run_number + 1, running_since = $5, "
+            "next_attempt_at = NULL, error = NULL, "
+            if start
+            else ""
+        )
         sql = (
             # Unleased and expired-lease candidates come through their own indexes, so
             # rows other workers hold are never scanned.
@@ -712,7 +719,7 @@ class PostgresStore(Store):
             "picked AS (SELECT process_id, updated_at AS queued_at FROM "
             "(SELECT * FROM free UNION ALL SELECT * FROM expired) AS c "
             "ORDER BY updated_at, process_id LIMIT $4) "
-            f"UPDATE {self._t} AS t SET lease_owner = $1, "
+            f"UPDATE {self._t} AS t SET {starts}lease_owner = $1, "
             f"lease_expires_at = {_LEASE_NOW_3} + make_interval(secs => $2::float8), "
             "updated_at = $5 FROM picked WHERE t.process_id = picked.process_id "
             f"RETURNING picked.queued_at, {', '.join('t.' + c for c in PROCESS_COLUMNS)}"

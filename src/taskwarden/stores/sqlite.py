@@ -629,6 +629,7 @@ class SQLiteStore(Store):
         limit: int = 1,
         *,
         process_ids: Collection[str] | None = None,
+        start: bool = False,
     ) -> builtins.list[ProcessRecord]:
         """See :meth:`Store.claim`."""
         now = self.clock.wall()
@@ -637,7 +638,7 @@ class SQLiteStore(Store):
         served = None if process_ids is None else json.dumps(list(process_ids))
         expires = encode_dt(now + timedelta(seconds=lease_seconds))
         result: builtins.list[ProcessRecord] = await self._submit(
-            WRITE, self._claim, worker, expires, encode_dt(now), limit, served
+            WRITE, self._claim, worker, expires, encode_dt(now), limit, served, start
         )
         return result
 
@@ -649,6 +650,7 @@ class SQLiteStore(Store):
         now: str,
         limit: int,
         served: str | None,
+        start: bool,
     ) -> builtins.list[ProcessRecord]:
         if served is None:
             cursor = conn.execute(self._claim_sql, (now, limit, now, limit, limit))
@@ -658,9 +660,15 @@ class SQLiteStore(Store):
         ids = [row[0] for row in cursor]
         if not ids:
             return []
+        starts = (
+            "state = 'running', run_number = run_number + 1, running_since = ?3, "
+            "next_attempt_at = NULL, error = NULL, "
+            if start
+            else ""
+        )
         rows = conn.execute(
-            f"UPDATE {self._t} SET lease_owner = ?, lease_expires_at = ?, updated_at = ? "
-            f"WHERE process_id IN ({placeholders(len(ids))}) RETURNING {_COLS}",
+            f"UPDATE {self._t} SET {starts}lease_owner = ?1, lease_expires_at = ?2, "
+            f"updated_at = ?3 WHERE process_id IN ({placeholders(len(ids))}) RETURNING {_COLS}",
             (worker, expires, now, *ids),
         ).fetchall()
         by_id = {row[0]: row for row in rows}

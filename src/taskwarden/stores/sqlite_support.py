@@ -144,11 +144,15 @@ class DatabaseThread:
         self.describe = describe
         self.conn: sqlite3.Connection | None = None
         self._max_batch = max(1, max_batch)
-        self._queue: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Job]] = queue.SimpleQueue()
+        # Calls made during one event-loop iteration, queued together at its end.
+        self._gathering: dict[asyncio.AbstractEventLoop, list[Job]] = {}
         self._thread = threading.Thread(
             target=self._serve, name=f"taskwarden-sqlite:{describe}", daemon=True
         )
         self._stopping = False
+        self.transactions = 0
+        """Batch transactions committed so far (for tests and benchmarks)."""
 
     def start(self) -> None:
         """Start serving."""
@@ -160,8 +164,20 @@ class DatabaseThread:
             raise store_not_open()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(Job(kind, fn, args, future, loop))
+        gathering = self._gathering.get(loop)
+        if gathering is None:
+            # Queued at the end of this loop iteration with every call made in it, so
+            # they share a transaction: handed over one by one, the thread would wake
+            # for the first and commit it alone while the loop still makes the others.
+            gathering = self._gathering[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        gathering.append(Job(kind, fn, args, future, loop))
         return future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        jobs = self._gathering.pop(loop, None)
+        if jobs:
+            self._queue.put(jobs)
 
     async def stop(self, final: Callable[[], None]) -> None:
         """Run what is queued, then ``final()`` (closing the connection), then end."""
@@ -178,10 +194,10 @@ class DatabaseThread:
         """The thread's loop: take what is queued, run it, hand the results back."""
         get, get_nowait = self._queue.get, self._queue.get_nowait
         while True:
-            batch = [get()]
+            batch = get()
             while len(batch) < self._max_batch:
                 try:
-                    batch.append(get_nowait())
+                    batch.extend(get_nowait())
                 except queue.Empty:
                     break
             stop = any(job.kind == STOP for job in batch)
@@ -261,6 +277,7 @@ class DatabaseThread:
                 except TaskwardenError as exc:  # refused before writing anything
                     outcomes.append((job, None, exc))
             conn.execute("COMMIT")
+            self.transactions += 1
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

@@ -36,9 +36,10 @@ from taskwarden.abc import Bus, BusSubscription, Store
 from taskwarden.clock import Clock, SystemClock
 from taskwarden.engine import Engine
 from taskwarden.engine.engine import GetTaskDefinitions
+from taskwarden.engine.recovery import owner_process_gone
 from taskwarden.errors import ConfigurationError, InvalidTransition, ProcessNotFound
 from taskwarden.model import OperationStatus, RunRecord, WorkerRecord
-from taskwarden.processes import ProcessRecord, ProcessState
+from taskwarden.processes import ACTIVE_STATES, ProcessRecord, ProcessState
 from taskwarden.remote_ops import serve_operations
 from taskwarden.worker.client import wake_topic
 from taskwarden.worker.notify import NotifyListener
@@ -197,6 +198,7 @@ class Worker:
         await self.engine.init()
         self.started_at = self.clock.wall()
         await self._put_record()
+        await self._resolve_gone_from_this_host()
         self._last_renewal = time.monotonic()  # nothing is held yet: the clock starts here
         loop = asyncio.get_running_loop()
         self.engine.on_slot_freed.append(self._wake.set)
@@ -426,8 +428,11 @@ class Worker:
         served = self.engine.served_process_ids
         if limit <= 0 or not served or not self._claiming or self._trusted_for() <= 0:
             return 0  # (no claims while renewals fail: what it took would be lost at once)
+        # The claim starts what it takes (``running`` in the same write): a run costs one
+        # write less, and a worker that dies before the run's task begins is a lost worker
+        # like any other (its on_worker_lost policy applies).
         records = await self.store.claim(
-            self.incarnation, self.lease_seconds, limit, process_ids=served
+            self.incarnation, self.lease_seconds, limit, process_ids=served, start=True
         )
         started = 0
         for record in records:
@@ -536,7 +541,23 @@ class Worker:
         self.reaped += resolved
         return resolved
 
-    async def _resolve_lost(self, record: ProcessRecord) -> bool:
+    async def _resolve_gone_from_this_host(self) -> int:
+        """Resolve at once, by their policies, the runs of this host's workers whose OS
+        process has exited (a worker restarted after a crash need not wait for the
+        leases to expire); return how many. Leases of other hosts wait for the reaper."""
+        resolved = 0
+        for record in await self.store.list(state=ACTIVE_STATES):
+            owner = record.lease_owner
+            if owner is None or owner == self.incarnation or not owner_process_gone(owner):
+                continue
+            if record.state is S.SCHEDULED and record.parent_id is None:
+                continue  # never started: claim() takes it over once its lease expires
+            if await self._resolve_lost(record, gone=True):
+                resolved += 1
+        self.reaped += resolved
+        return resolved
+
+    async def _resolve_lost(self, record: ProcessRecord, *, gone: bool = False) -> bool:
         now = self.clock.wall()
         owner = record.lease_owner
         expired = record.lease_expires_at
@@ -544,7 +565,10 @@ class Worker:
         policy = record.on_worker_lost if record.parent_id is None else "fail"
         budget_left = record.lost_count < record.lost_retries
         again = policy in ("retry", "resume") and budget_left
-        error = f"worker-lost: its worker {owner} stopped renewing the lease (expired {when})"
+        if gone:
+            error = f"worker-lost: its worker {owner} exited (its process is gone from {HOST})"
+        else:
+            error = f"worker-lost: its worker {owner} stopped renewing the lease (expired {when})"
         if policy in ("retry", "resume") and not budget_left:
             error += f"; not launched again: {record.lost_count} relaunches already"
         elif again:
