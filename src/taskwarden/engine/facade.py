@@ -3,19 +3,37 @@
 ``await init(store="sqlite:///app.db", get_task_definitions=get_tasks)`` creates the default
 engine; the other functions act on it. Applications that want several engines, or no
 global state, use :class:`Engine` directly: it has the same methods.
+
+The default engine is hosted by a :class:`~taskwarden.worker.Worker`, of the same kind as
+the fleet's (``taskwarden worker``): it keeps a worker record, holds leases that it renews,
+claims the launches other processes make (the CLI, the API server, the dashboard) and
+hears their cancels, and resolves by their policies the runs of a dead predecessor. What
+differs is the seed's: no limit on concurrent runs unless ``max_concurrency`` is given,
+the bus's remote commands served, undefined records pruned on resync, and
+:func:`shutdown` cancelling the runs (records ended) instead of handing them back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
+import signal
+import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskwarden.abc import Bus, Store
 from taskwarden.engine.definitions import TaskInstance
 from taskwarden.engine.engine import Engine, GetTaskDefinitions
 from taskwarden.errors import ConfigurationError
 from taskwarden.processes import ProcessRecord, ProcessState
+
+if TYPE_CHECKING:
+    from taskwarden.worker.worker import Worker
+
+logger = logging.getLogger("taskwarden.engine")
 
 __all__ = [
     "adhoc_define",
@@ -39,8 +57,7 @@ __all__ = [
 ]
 
 _engine: Engine | None = None
-_remote: Any = None  # the RemoteControl serving the default engine, when it has a bus
-_bus: Any = None  # the bus the facade opened from a URL (closed on shutdown)
+_worker: Worker | None = None  # the worker hosting the default engine
 
 
 def get_engine() -> Engine:
@@ -82,73 +99,89 @@ async def init(
             :class:`~taskwarden.abc.Bus`; default ``TASKWARDEN_BUS``. With a bus the engine
             takes remote commands, publishes its state changes and its heartbeat (see
             :class:`taskwarden.remote.RemoteControl`, returned by :func:`get_remote_control`).
-        options: further :class:`Engine` options (``max_concurrency``, ``cancel_grace``...).
+        options: further :class:`Engine` options (``max_concurrency``, ``cancel_grace``...)
+            and :class:`~taskwarden.worker.Worker` ones (``name``, ``lease_seconds``,
+            ``poll_interval``...). An explicit ``engine_id`` is the worker's incarnation:
+            give each start its own.
 
-    A previous default engine that is still running is shut down first.
+    The engine is hosted by a worker of the fleet's kind (see the module docstring). A
+    previous default engine that is still running is shut down first.
     """
-    global _engine
-    if _engine is not None and _engine.state.value in ("created", "started"):
-        await _stop_remote()
-        await _engine.shutdown()
+    # Imported here: the worker package sits above the engine.
+    from taskwarden.worker.worker import Worker
+
+    global _engine, _worker
+    if _worker is not None and not _worker.stopped.is_set():
+        await _worker.stop(hand_back=False)
+    _engine = _worker = None
     if store is None:
         store = os.environ.get("TASKWARDEN_STORE") or "sqlite://"
-    engine = Engine(
+    bus = bus or redis_url or os.environ.get("TASKWARDEN_BUS") or None
+    concurrency = options.pop("max_concurrency", None)
+    worker = Worker(
         store,
         prefix=prefix,
         services=services,
         get_task_definitions=get_task_definitions,
+        bus=bus,
+        concurrency=concurrency,
+        serve_commands=True,
+        prune_undefined=True,
+        incarnation=options.pop("engine_id", None),
         **options,
     )
-    await engine.init()
-    _engine = engine
-    bus = bus or redis_url or os.environ.get("TASKWARDEN_BUS") or None
-    if bus is not None:
-        await _start_remote(engine, bus, prefix)
-
-
-async def _start_remote(engine: Engine, bus: Bus | str, prefix: str) -> None:
-    # Imported here: remote control sits above the engine and is only loaded when used.
-    from taskwarden.bus import open_bus
-    from taskwarden.remote import RemoteControl
-
-    global _remote, _bus
-    if isinstance(bus, str):
-        bus = _bus = open_bus(bus)
-        await bus.open()
-    _remote = RemoteControl(engine, bus, prefix=prefix)
-    await _remote.start()
+    try:
+        await worker.start()
+    except BaseException:
+        await worker.stop(hand_back=False)
+        raise
+    _worker, _engine = worker, worker.engine
 
 
 def get_remote_control() -> Any:
     """The :class:`~taskwarden.remote.RemoteControl` of the default engine (the seed's
     ``rpc_server``): register application commands on it. None without a bus."""
-    return _remote
-
-
-async def _stop_remote() -> None:
-    global _remote, _bus
-    remote, _remote = _remote, None
-    bus, _bus = _bus, None
-    if remote is not None:
-        await remote.stop()
-    if bus is not None:
-        await bus.close()
+    return None if _worker is None else _worker.remote
 
 
 async def run() -> None:
     """Run the cron scheduler and block until :func:`shutdown` (SIGTERM / SIGINT too)."""
-    await get_engine().run()
+    get_engine()
+    worker = _worker
+    assert worker is not None
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal(signum: int) -> None:
+        logger.info("received %s: shutting down", signal.Signals(signum).name)
+        if not stopping:
+            stopping.append(loop.create_task(shutdown()))
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (int(signal.SIGTERM), int(signal.SIGINT)):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, on_signal, signum)
+                installed.append(signum)
+    try:
+        await worker.stopped.wait()
+        if stopping:
+            await stopping[0]
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
 
 
 async def shutdown() -> None:
     """Stop intake and the scheduler, cancel running processes (waiting up to 5 s) and
     leave every record terminal."""
-    global _engine
-    engine = get_engine()
-    await _stop_remote()
-    await engine.shutdown()
-    if _engine is engine:
-        _engine = None
+    global _engine, _worker
+    get_engine()
+    worker = _worker
+    assert worker is not None
+    await worker.stop(hand_back=False)
+    if _worker is worker:
+        _engine = _worker = None
 
 
 async def launch(process_id: str) -> None:

@@ -76,7 +76,8 @@ class Worker:
             SQLite poll the store.
         name: a readable name for the worker record (default: ``<host>:<pid>``); the
             incarnation id is new at every start whatever the name.
-        concurrency: root runs at once on this worker (children run with their parent).
+        concurrency: root runs at once on this worker (children run with their parent);
+            None for no limit (what :func:`taskwarden.init` makes by default).
         lease_seconds: how long a lease lasts without renewal (>= 3 x renew_interval).
         renew_interval: seconds between renewals of every lease this worker holds.
         reaper_interval: seconds between sweeps for other workers' expired leases.
@@ -86,6 +87,13 @@ class Worker:
         listen_notify: on PostgreSQL without a bus, LISTEN for the store's NOTIFY of
             launches and cancel requests (default True; False leaves only the claim poll
             and the lease renewal to find them).
+        serve_commands: also take the remote commands of the bus (launch, cancel,
+            resync... as :class:`~taskwarden.remote.RemoteControl` serves them; what the
+            seed 004 ``init()`` engine does). Workers of a fleet leave that to clients.
+        prune_undefined: let the start-up resync delete records this worker does not
+            define (False: workers may serve different processes).
+        incarnation: who holds this worker's leases; default new at every start. Give
+            one only when each start gets its own (an engine's explicit ``engine_id``).
         engine_options: passed to :class:`~taskwarden.engine.Engine` (``cancel_grace``,
             ``progress_flush_interval``, ``registry``...).
     """
@@ -98,7 +106,7 @@ class Worker:
         services: dict[str, Any] | None = None,
         bus: Bus | str | None = None,
         name: str | None = None,
-        concurrency: int = 10,
+        concurrency: int | None = 10,
         lease_seconds: float = 30.0,
         renew_interval: float = 10.0,
         reaper_interval: float = 15.0,
@@ -107,10 +115,17 @@ class Worker:
         listen_notify: bool = True,
         prefix: str = "taskwarden",
         clock: Clock | None = None,
+        serve_commands: bool = False,
+        prune_undefined: bool = False,
+        incarnation: str | None = None,
         **engine_options: Any,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        ):
+            raise ConfigurationError(
+                f"concurrency must be an int >= 1 (or None: no limit), got {concurrency!r}"
+            )
         for label, value in (
             ("renew_interval", renew_interval),
             ("reaper_interval", reaper_interval),
@@ -141,7 +156,7 @@ class Worker:
         self.prefix = prefix
         self.clock: Clock = clock or SystemClock()
         self.name = name or f"{HOST}:{os.getpid()}"
-        self.incarnation = f"{HOST}:{os.getpid()}:{secrets.randbelow(10**12)}"
+        self.incarnation = incarnation or f"{HOST}:{os.getpid()}:{secrets.randbelow(10**12)}"
         """Who holds this worker's leases: new at every start (``<host>:<pid>:<random>``)."""
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
@@ -153,6 +168,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.drain_timeout = drain_timeout
         self.listen_notify = listen_notify
+        self.serve_commands = serve_commands
         self.engine = Engine(
             self.store,
             prefix=prefix,
@@ -165,7 +181,7 @@ class Worker:
             **engine_options,
         )
         # Workers may serve different processes: one must not delete another's records.
-        self.engine.prune_undefined = False
+        self.engine.prune_undefined = prune_undefined
         self.started_at: datetime | None = None
         self.claimed = 0
         """Runs this worker claimed since it started."""
@@ -184,7 +200,15 @@ class Worker:
         self.ready = asyncio.Event()
         """Set once :meth:`start` has finished: the worker claims from then on."""
         self._stopped = False
+        self.stopped = asyncio.Event()
+        """Set once :meth:`stop` (or an exit at once) has finished."""
         self._signals = 0
+
+    @property
+    def remote(self) -> Any:
+        """The :class:`~taskwarden.remote.RemoteControl` of this worker's engine while it
+        runs with a bus (None otherwise)."""
+        return self._remote
 
     def __repr__(self) -> str:
         return f"Worker(name={self.name!r}, incarnation={self.incarnation!r})"
@@ -206,7 +230,7 @@ class Worker:
             from taskwarden.remote import RemoteControl
 
             self._remote = RemoteControl(
-                self.engine, self.bus, prefix=self.prefix, serve_commands=False
+                self.engine, self.bus, prefix=self.prefix, serve_commands=self.serve_commands
             )
             await self._remote.start()
             self._wake_watch = self.bus.subscribe(wake_topic(self.prefix), max_buffer=100)
@@ -277,18 +301,28 @@ class Worker:
         self._signals = max(self._signals, 1)
         self._stop_requested.set()
 
-    async def stop(self, drain_timeout: float | None = None) -> None:
+    async def stop(self, drain_timeout: float | None = None, *, hand_back: bool = True) -> None:
         """Drain: stop claiming, let runs finish within ``drain_timeout`` (default: the
         worker's), hand what is left back to the fleet (stopped, and ``scheduled`` again
         without an owner for another worker), remove the worker record, and close what
-        the worker opened. Safe to call twice."""
+        the worker opened. With ``hand_back=False`` nothing is waited for or handed back:
+        the engine's shutdown cancels the runs and records them ended (what the seed 004
+        ``shutdown()`` does). Safe to call twice."""
         if self._stopped:
+            await self.stopped.wait()
             return
         self._stopped = True
+        self._stop_requested.set()
+        try:
+            await self._stop(drain_timeout, hand_back)
+        finally:
+            self.stopped.set()
+
+    async def _stop(self, drain_timeout: float | None, hand_back: bool) -> None:
         self._claiming = False
         self._wake.set()
         deadline = self.drain_timeout if drain_timeout is None else drain_timeout
-        runs = self.engine.active_runs()
+        runs = self.engine.active_runs() if hand_back else []
         if runs:
             logger.info("draining %d runs for up to %.1f s", len(runs), deadline)
             waits = [asyncio.ensure_future(self.engine.wait(pid)) for pid in runs]
@@ -336,6 +370,7 @@ class Worker:
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
         await self._close()
+        self.stopped.set()
 
     async def _stop_tasks(self) -> None:
         tasks, self._tasks = self._tasks, []
