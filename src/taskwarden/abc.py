@@ -420,9 +420,16 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def delete_descendants(self, process_id: str) -> int:
+    async def delete_descendants(
+        self, process_id: str, *, only_if_states: Collection[ProcessState] | None = None
+    ) -> int:
         """Delete every descendant of a process (children, their children, ...), keeping
-        the process itself; return how many records were deleted. Atomic."""
+        the process itself; return how many records were deleted. Atomic.
+
+        With ``only_if_states``, only while the process itself is in one of them, checked
+        in the same statement (0 otherwise): a launch that clears the previous run's
+        children after its ``scheduled`` write passes ``{scheduled}``, so it can never
+        delete the children of a run that a worker claimed and started meanwhile."""
 
     # -- state changes ----------------------------------------------------------------
 

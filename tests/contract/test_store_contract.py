@@ -672,6 +672,22 @@ async def test_delete_descendants_keeps_the_process(store: Store) -> None:
     assert await store.delete_descendants("ghost") == 0
 
 
+async def test_delete_descendants_only_if_states_checks_the_process_itself(
+    store: Store,
+) -> None:
+    """With only_if_states the subtree goes only while the process is in one of them (a
+    launch's clean-up must not take the children of a run a worker started meanwhile)."""
+    await _tree(store)
+    r1 = await store.get("r1")
+    assert r1 is not None
+    others = [s for s in ProcessState if s is not r1.state]
+    assert await store.delete_descendants("r1", only_if_states=others) == 0
+    assert len(await store.list(root_id="r1")) == 4
+    assert await store.delete_descendants("ghost", only_if_states=[r1.state]) == 0
+    assert await store.delete_descendants("r1", only_if_states=[r1.state]) == 3
+    assert _ids_of(await store.list()) == ["r0", "r1"]
+
+
 async def test_delete_descendants_of_a_mid_node(store: Store) -> None:
     """Only the subtree below the given node goes."""
     await _tree(store)

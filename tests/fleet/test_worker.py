@@ -694,3 +694,33 @@ async def test_a_worker_restarted_on_the_same_host_resolves_its_dead_predecessor
     over = await state_of(client, "over")
     assert over.state is S.FAILED and over.error is not None
     assert "worker-lost" in over.error and dead in over.error and "exited" in over.error
+
+
+async def test_a_launch_never_deletes_the_children_of_the_run_it_started(
+    client: Store,
+) -> None:
+    """A relaunch clears the previous run's children after its ``scheduled`` write; a
+    worker that claimed and started the new run in between (and made a child) keeps it."""
+    await client.create(ProcessRecord(process_id="root", name="root", state=S.DONE, run_number=1))
+    await client.create(
+        ProcessRecord(process_id="root/old", name="old", parent_id="root", root_id="root", depth=1)
+    )
+    original = client.transition
+
+    async def then_a_worker_starts_it(pid: str, expected: Any, to: Any, /, **kw: Any) -> Any:
+        record = await original(pid, expected, to, **kw)
+        if to is S.SCHEDULED:
+            [claimed] = await client.claim("w", 30, 1, start=True)
+            assert claimed.state is S.RUNNING
+            await client.delete("root/old")  # the new run replaces the old child...
+            await client.create(  # ...with its own
+                ProcessRecord(
+                    process_id="root/new", name="new", parent_id="root", root_id="root", depth=1
+                ),
+                parent_owner="w",
+            )
+        return record
+
+    client.transition = then_a_worker_starts_it  # type: ignore[method-assign]
+    await launch(client, "root")
+    assert await client.get("root/new") is not None

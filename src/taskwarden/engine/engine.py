@@ -522,7 +522,7 @@ class Engine(ClaimMixin, RecoveryMixin):
             )
             if scheduled.run_number > 0:
                 # It ran before: the previous run's children make way for this run's.
-                await self.store.delete_descendants(process_id)
+                await self.store.delete_descendants(process_id, only_if_states={S.SCHEDULED})
         except asyncio.CancelledError:
             await _shielded(self._abort_unstarted(process_id))
             raise
@@ -687,7 +687,7 @@ class Engine(ClaimMixin, RecoveryMixin):
         if record.state not in DISMISSABLE_STATES:
             raise InvalidTransition(process_id, record.state, S.IDLE)
         idle = await self.store.transition(process_id, DISMISSABLE_STATES, S.IDLE, **_RESET_FIELDS)
-        await self.store.delete_descendants(process_id)
+        await self.store.delete_descendants(process_id, only_if_states={S.IDLE})
         self._notify(idle)
 
     async def adhoc_define(

@@ -514,7 +514,8 @@ class RunMixin(EngineBase):
             )
         except (InvalidTransition, ProcessNotFound):
             return None
-        await self.store.delete_descendants(run.process_id)
+        # Only while still unclaimed: another worker may take it over at once.
+        await self.store.delete_descendants(run.process_id, only_if_states={S.SCHEDULED})
         self._notify(record)
         return record
 

@@ -239,9 +239,15 @@ class MemoryStore(Store):
         self._remove(process_id)
         return True
 
-    async def delete_descendants(self, process_id: str) -> int:
+    async def delete_descendants(
+        self, process_id: str, *, only_if_states: Collection[ProcessState] | None = None
+    ) -> int:
         """See :meth:`Store.delete_descendants`."""
         self._check_open()
+        if only_if_states is not None:
+            record = self._records.get(process_id)
+            if record is None or record.state not in set(only_if_states):
+                return 0
         subtree = self._subtree(process_id)
         for descendant in subtree:
             self._remove(descendant)

@@ -407,11 +407,23 @@ class PostgresStore(Store):
 
         return await self._run(op)
 
-    async def delete_descendants(self, process_id: str) -> int:
+    async def delete_descendants(
+        self, process_id: str, *, only_if_states: Collection[ProcessState] | None = None
+    ) -> int:
         """See :meth:`Store.delete_descendants`."""
+        sql = self._subtree_sql()
+        args: builtins.list[Any] = [process_id]
+        if only_if_states is not None:
+            # One snapshot: children created after a claim seen here as not yet made are
+            # not visible to this DELETE either.
+            sql += (
+                f" AND EXISTS (SELECT 1 FROM {self._t} WHERE process_id = $1 "
+                "AND state = ANY($2::text[]))"
+            )
+            args.append([ProcessState(s).value for s in only_if_states])
 
         async def op(conn: asyncpg.Connection) -> int:
-            return row_count(await conn.execute(self._subtree_sql(), process_id))
+            return row_count(await conn.execute(sql, *args))
 
         return await self._run(op)
 

@@ -459,12 +459,24 @@ class SQLiteStore(Store):
             conn.execute(self._subtree_sql(), (args[0],))
         return True
 
-    async def delete_descendants(self, process_id: str) -> int:
+    async def delete_descendants(
+        self, process_id: str, *, only_if_states: Collection[ProcessState] | None = None
+    ) -> int:
         """See :meth:`Store.delete_descendants`."""
-        result: int = await self._submit(WRITE, self._delete_descendants, process_id)
+        states = None if only_if_states is None else [ProcessState(s).value for s in only_if_states]
+        result: int = await self._submit(WRITE, self._delete_descendants, process_id, states)
         return result
 
-    def _delete_descendants(self, conn: sqlite3.Connection, process_id: str) -> int:
+    def _delete_descendants(
+        self, conn: sqlite3.Connection, process_id: str, states: builtins.list[str] | None
+    ) -> int:
+        if states is not None:
+            # The batch's transaction holds the write lock: the state cannot move under us.
+            row = conn.execute(
+                f"SELECT state FROM {self._t} WHERE process_id = ?", (process_id,)
+            ).fetchone()
+            if row is None or row[0] not in states:
+                return 0
         count: int = conn.execute(self._subtree_sql(), (process_id,)).rowcount
         return count
 

@@ -118,7 +118,9 @@ async def launch(
         )
     scheduled = await store.transition(process_id, LAUNCHABLE_STATES, S.SCHEDULED, **_RESET)
     if scheduled.run_number > 0:
-        await store.delete_descendants(process_id)
+        # Only while still unclaimed: a worker may have started the new run (and made its
+        # children) since the write above.
+        await store.delete_descendants(process_id, only_if_states={S.SCHEDULED})
     await _notify(bus, wake_topic(prefix), {"process_id": process_id})
     return scheduled
 
@@ -212,7 +214,7 @@ async def dismiss(store: Store, process_id: str) -> ProcessRecord:
         raise InvalidTransition(process_id, record.state, S.IDLE)
     fields = {k: v for k, v in _RESET.items() if not k.startswith("lease_")}
     idle = await store.transition(process_id, DISMISSABLE_STATES, S.IDLE, **fields)
-    await store.delete_descendants(process_id)
+    await store.delete_descendants(process_id, only_if_states={S.IDLE})
     return idle
 
 

@@ -659,7 +659,7 @@ class Worker:
                 )
             except (InvalidTransition, ProcessNotFound):
                 return True
-            await self.store.delete_descendants(record.process_id)
+            await self.store.delete_descendants(record.process_id, only_if_states={S.SCHEDULED})
             self.engine._notify(relaunched)
             self._wake.set()
             if self.bus is not None:
