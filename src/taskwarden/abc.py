@@ -565,12 +565,6 @@ class Store(ABC):
         Leases held by other workers are left alone. Atomic."""
 
     @abstractmethod
-    async def expire_leases(self, now: datetime | None = None) -> builtins.list[ProcessRecord]:
-        """Clear every lease that expired at ``now`` (default: the store clock) on an
-        active process and return those records (lease cleared, state unchanged, sorted by
-        ``process_id``) for recovery. Atomic: each expired lease is returned to exactly one
-        caller, even when several recoverers run at once."""
-
     @abstractmethod
     async def expired_leases(
         self, now: datetime | None = None, limit: int = 100

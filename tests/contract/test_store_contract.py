@@ -1228,41 +1228,6 @@ async def test_worker_records_are_put_listed_replaced_and_removed(store: Store) 
     assert [w.name for w in await store.list_workers()] == ["alpha"]
 
 
-async def test_expire_leases_returns_expired_active_processes_once(
-    store: Store, clock: FakeClock
-) -> None:
-    """Expired leases on active processes are cleared and returned, exactly once."""
-    for i in range(3):
-        await put(store, S.SCHEDULED, process_id=f"s{i}")
-    await store.claim("w1", lease_seconds=10, limit=2)
-    await store.claim("w2", lease_seconds=30, limit=1)
-    await store.transition("s0", [S.SCHEDULED], S.RUNNING)
-    assert await store.expire_leases() == []
-    clock.advance(10)
-    expired = await store.expire_leases()
-    assert sorted(_ids_of(expired)) == ["s0", "s1"]
-    assert all(r.lease_owner is None and r.lease_expires_at is None for r in expired)
-    running = await store.get("s0")
-    assert running is not None and running.state is S.RUNNING and running.lease_owner is None
-    assert await store.expire_leases() == []
-    assert await store.renew_leases("w1", ["s0"], lease_seconds=10) == []
-    assert _ids_of(await store.expire_leases(T0 + timedelta(seconds=31))) == ["s2"]
-
-
-async def test_concurrent_expiry_hands_each_lease_to_one_caller(
-    backend: Backend, clock: FakeClock
-) -> None:
-    """Two recoverers racing see disjoint sets."""
-    async with backend.make() as a, backend.make() as b:
-        for i in range(20):
-            await a.create(rec(f"s{i:02d}", state=S.SCHEDULED))
-        await a.claim("dead", lease_seconds=1, limit=20)
-        clock.advance(2)
-        results = await asyncio.gather(*(s.expire_leases() for s in [a, b, a, b]))
-    ids = [pid for result in results for pid in _ids_of(result)]
-    assert sorted(ids) == [f"s{i:02d}" for i in range(20)]
-
-
 # -- cron ---------------------------------------------------------------------------------
 
 

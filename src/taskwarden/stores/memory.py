@@ -429,21 +429,6 @@ class MemoryStore(Store):
                 released.append(process_id)
         return released
 
-    async def expire_leases(self, now: datetime | None = None) -> builtins.list[ProcessRecord]:
-        """See :meth:`Store.expire_leases`."""
-        self._check_open()
-        cutoff = to_utc(now) if now is not None else self.clock.wall()
-        expired = [
-            record
-            for record in self._records.values()
-            if record.state in ACTIVE_STATES
-            and record.lease_owner is not None
-            and record.lease_expires_at is not None
-            and record.lease_expires_at <= cutoff
-        ]
-        expired.sort(key=lambda r: r.process_id)
-        return [self._put(r, lease_owner=None, lease_expires_at=None) for r in expired]
-
     async def expired_leases(
         self, now: datetime | None = None, limit: int = 100
     ) -> builtins.list[ProcessRecord]:

@@ -864,23 +864,6 @@ class PostgresStore(Store):
 
         return await self._run(op)
 
-    async def expire_leases(self, now: datetime | None = None) -> builtins.list[ProcessRecord]:
-        """See :meth:`Store.expire_leases`."""
-        wall = self.clock.wall()
-        cutoff = to_utc(now) if now is not None else self._lease_now()
-        # SKIP LOCKED: of two recoverers, each row goes to the one that locks it first.
-        sql = (
-            f"WITH expired AS (SELECT process_id FROM {self._t} WHERE lease_owner IS NOT NULL "
-            "AND lease_expires_at <= COALESCE($1::timestamptz, now()) "
-            "AND state = ANY($3::text[]) FOR UPDATE SKIP LOCKED) "
-            f"UPDATE {self._t} AS t SET lease_owner = NULL, lease_expires_at = NULL, "
-            "updated_at = $2 FROM expired WHERE t.process_id = expired.process_id "
-            f"RETURNING {', '.join('t.' + c for c in PROCESS_COLUMNS)}"
-        )
-        found = await self._fetch_records(sql, cutoff, wall, ACTIVE)
-        found.sort(key=lambda r: r.process_id)
-        return found
-
     async def expired_leases(
         self, now: datetime | None = None, limit: int = 100
     ) -> builtins.list[ProcessRecord]:

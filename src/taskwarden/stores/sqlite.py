@@ -801,21 +801,6 @@ class SQLiteStore(Store):
             done.extend(row[0] for row in rows)
         return done
 
-    async def expire_leases(self, now: datetime | None = None) -> builtins.list[ProcessRecord]:
-        """See :meth:`Store.expire_leases`."""
-        wall = self.clock.wall()
-        cutoff = encode_dt(now if now is not None else wall)
-        sql = (
-            f"UPDATE {self._t} SET lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
-            f"WHERE lease_owner IS NOT NULL AND lease_expires_at <= ? "
-            f"AND state IN ({placeholders(len(_ACTIVE))}) RETURNING {_COLS}"
-        )
-        result: builtins.list[ProcessRecord] = await self._submit(
-            WRITE, self._select, sql, (encode_dt(wall), cutoff, *_ACTIVE)
-        )
-        result.sort(key=lambda r: r.process_id)
-        return result
-
     async def expired_leases(
         self, now: datetime | None = None, limit: int = 100
     ) -> builtins.list[ProcessRecord]:
