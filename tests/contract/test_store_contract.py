@@ -1086,6 +1086,21 @@ async def test_transitions_made_together_may_set_every_runtime_field(store: Stor
             assert getattr(record, name) == value, name
 
 
+async def test_claim_serves_ids_with_any_characters(store: Store) -> None:
+    """The served ids reach the claim intact whatever they hold (quotes, backslashes,
+    commas, braces, spaces, ``NULL``, non-ASCII), and a changed list is not the old one."""
+    odd = ['a"b', "c\\d", "e,f", "{g}", " h ", "NULL", "ü-ß", "plain"]
+    for pid in odd:
+        await put(store, S.SCHEDULED, process_id=pid)
+    await put(store, S.SCHEDULED, process_id="not-served")
+    got = await store.claim("w", 10, 20, process_ids=tuple(odd[:4]))
+    assert sorted(_ids_of(got)) == sorted(odd[:4])
+    got = await store.claim("w", 10, 20, process_ids=odd[4:])
+    assert sorted(_ids_of(got)) == sorted(odd[4:])
+    assert await store.claim("w", 10, 20, process_ids=()) == []
+    assert _ids_of(await store.claim("w", 10, 20)) == ["not-served"]
+
+
 async def test_concurrent_claimers_never_share_a_process(backend: Backend) -> None:
     """The union of concurrent claims is every scheduled process, each exactly once."""
     async with backend.make() as a, backend.make() as b:

@@ -24,9 +24,9 @@ class ClaimMixin(RunMixin):
     """Runs claimed records and drops lost runs (see the module docstring)."""
 
     @property
-    def served_process_ids(self) -> list[str]:
+    def served_process_ids(self) -> tuple[str, ...]:
         """The root processes this engine has definitions for (what its worker claims)."""
-        return list(self._definitions)
+        return tuple(self._definitions)
 
     @property
     def free_slots(self) -> int | None:

@@ -46,6 +46,7 @@ __all__ = [
     "RUN_COLUMNS",
     "RUN_FIELDS",
     "TIME_FIELDS",
+    "ServedIds",
     "SqlWhere",
     "check_definition_fields",
     "check_edges",
@@ -308,6 +309,37 @@ def json_dumps(value: Any, what: str) -> str:
         raise InvalidDefinition(
             f"{what} must hold JSON values only (str, numbers, bools, None, lists, dicts): {exc}"
         ) from exc
+
+
+class ServedIds:
+    """The process ids a worker claims from, as one text for the claim statement (JSON,
+    or a PostgreSQL array literal).
+
+    A worker sends the same list at every claim; with thousands of definitions, binding it
+    as an array (the driver checks each element) or encoding it again each time is most of
+    a claim's cost on the client. The last list is kept with its text.
+    """
+
+    __slots__ = ("_ids", "_text")
+
+    def __init__(self) -> None:
+        self._ids: tuple[str, ...] | None = None
+        self._text = "[]"
+
+    def encode(self, process_ids: Collection[str], *, array_literal: bool = False) -> str:
+        """``process_ids`` as a JSON array, or with ``array_literal`` as PostgreSQL's
+        ``{"a","b"}`` text (cached while the same ids come again)."""
+        ids = process_ids if isinstance(process_ids, tuple) else tuple(process_ids)
+        if ids != self._ids:
+            if array_literal:
+                quoted = (
+                    '"' + pid.replace("\\", "\\\\").replace('"', '\\"') + '"' for pid in ids
+                )
+                self._text = "{" + ",".join(quoted) + "}"
+            else:
+                self._text = json.dumps(list(ids), separators=(",", ":"))
+            self._ids = ids
+        return self._text
 
 
 def log_to_json(entries: Iterable[LogEntry]) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ from taskwarden.processes import LogEntry, ProcessRecord, ProcessState
 from taskwarden.stores.base import (
     PROCESS_COLUMNS,
     RUN_COLUMNS,
+    ServedIds,
     SqlWhere,
     check_edges,
     check_runtime_fields,
@@ -117,6 +118,7 @@ class PostgresStore(Store):
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self._transition_sql: dict[tuple[Any, ...], str] = {}
+        self._served = ServedIds()
         self._single_sql_cache: dict[tuple[Any, ...], str] = {}
         self._pending: dict[tuple[Any, ...], list[tuple[Any, asyncio.Future[Any]]]] = {}
         self._flushing: set[asyncio.Task[None]] = set()
@@ -710,7 +712,12 @@ class PostgresStore(Store):
         """See :meth:`Store.claim`."""
         if limit <= 0:
             return []
-        served = "" if process_ids is None else " AND process_id = ANY($6::text[])"
+        served = (
+            ""
+            if process_ids is None
+            # Sent as one text (an array literal), parsed by the server: see ServedIds.
+            else " AND process_id = ANY(ARRAY(SELECT unnest($6::text::text[])))"
+        )
         starts = (
             "state = 'running', run_number = t.run_number + 1, running_since = $5, "
             "next_attempt_at = NULL, error = NULL, "
@@ -744,7 +751,7 @@ class PostgresStore(Store):
             self.clock.wall(),
         )
         if process_ids is not None:
-            args = (*args, list(process_ids))
+            args = (*args, self._served.encode(process_ids, array_literal=True))
 
         async def op(conn: asyncpg.Connection) -> builtins.list[ProcessRecord]:
             rows = sorted(await conn.fetch(sql, *args), key=lambda r: (r[0], r[1]))

@@ -35,6 +35,7 @@ from taskwarden.processes import ACTIVE_STATES, LogEntry, ProcessRecord, Process
 from taskwarden.stores.base import (
     PROCESS_COLUMNS,
     RUN_COLUMNS,
+    ServedIds,
     SqlWhere,
     check_edges,
     check_runtime_fields,
@@ -130,6 +131,7 @@ class SQLiteStore(Store):
         self._max_batch = max(1, max_batch)
         self._db: DatabaseThread | None = None
         self._transition_sql: dict[tuple[Any, ...], str] = {}
+        self._served = ServedIds()
         # Unleased and expired-lease candidates are found separately, each through its own
         # index, so rows other workers hold are never scanned (a claim stays cheap however
         # many scheduled processes are leased).
@@ -647,7 +649,7 @@ class SQLiteStore(Store):
         now = self.clock.wall()
         if limit <= 0:
             return []
-        served = None if process_ids is None else json.dumps(list(process_ids))
+        served = None if process_ids is None else self._served.encode(process_ids)
         expires = encode_dt(now + timedelta(seconds=lease_seconds))
         result: builtins.list[ProcessRecord] = await self._submit(
             WRITE, self._claim, worker, expires, encode_dt(now), limit, served, start
