@@ -332,9 +332,7 @@ class ServedIds:
         ids = process_ids if isinstance(process_ids, tuple) else tuple(process_ids)
         if ids != self._ids:
             if array_literal:
-                quoted = (
-                    '"' + pid.replace("\\", "\\\\").replace('"', '\\"') + '"' for pid in ids
-                )
+                quoted = ('"' + pid.replace("\\", "\\\\").replace('"', '\\"') + '"' for pid in ids)
                 self._text = "{" + ",".join(quoted) + "}"
             else:
                 self._text = json.dumps(list(ids), separators=(",", ":"))
