@@ -222,7 +222,10 @@ class Worker:
         await self.engine.init()
         self.started_at = self.clock.wall()
         await self._put_record()
-        await self._resolve_gone_from_this_host()
+        try:
+            await self._resolve_gone_from_this_host()
+        except Exception:  # the reaper resolves them later: starting matters more
+            logger.exception("resolving the runs of this host's exited workers failed")
         self._last_renewal = time.monotonic()  # nothing is held yet: the clock starts here
         loop = asyncio.get_running_loop()
         self.engine.on_slot_freed.append(self._wake.set)
