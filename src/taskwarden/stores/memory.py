@@ -35,12 +35,12 @@ from taskwarden.stores.base import (
     list_filters,
     metadata_matches,
     progress_refused,
-    search_matches,
     store_not_open,
     to_utc,
     transition_defaults,
     transition_refused,
 )
+from taskwarden.stores.statements import search_matches
 
 __all__ = ["MemoryStore"]
 

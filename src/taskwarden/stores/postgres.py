@@ -32,18 +32,13 @@ from taskwarden.stores.base import (
     PROCESS_COLUMNS,
     RUN_COLUMNS,
     ServedIds,
-    SqlWhere,
     check_edges,
     check_runtime_fields,
     child_refused,
-    count_statement,
-    definition_update,
     duplicate_process,
-    history_statement,
     implied_sets,
     json_dumps,
     list_filters,
-    list_statement,
     load_migrations,
     log_to_json,
     pending_migrations,
@@ -71,6 +66,13 @@ from taskwarden.stores.postgres_support import (
     record_from_row,
     row_count,
     run_from_row,
+)
+from taskwarden.stores.statements import (
+    SqlWhere,
+    count_statement,
+    definition_update,
+    history_statement,
+    list_statement,
 )
 
 __all__ = ["PostgresStore"]

@@ -32,20 +32,15 @@ from taskwarden.processes import LogEntry, ProcessRecord, ProcessState
 from taskwarden.stores.base import (
     RUN_COLUMNS,
     ServedIds,
-    SqlWhere,
     check_edges,
     check_runtime_fields,
     child_refused,
-    count_statement,
-    definition_update,
     duplicate_process,
     encode_dt,
-    history_statement,
     implied_sets,
     json_dumps,
     json_loads,
     list_filters,
-    list_statement,
     load_migrations,
     log_to_json,
     pending_migrations,
@@ -68,6 +63,13 @@ from taskwarden.stores.sqlite_support import (
     placeholders,
     record_from_row,
     run_from_row,
+)
+from taskwarden.stores.statements import (
+    SqlWhere,
+    count_statement,
+    definition_update,
+    history_statement,
+    list_statement,
 )
 
 __all__ = ["SQLiteStore"]
