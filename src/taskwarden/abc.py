@@ -442,13 +442,16 @@ class Store(ABC):
         /,
         *,
         expected_owner: str | None = None,
+        expected_fields: Mapping[str, bool | None] | None = None,
         run: RunRecord | None = None,
         **fields: Any,
     ) -> ProcessRecord:
         """Compare-and-set the state: one atomic write, returning the new record.
 
         If the record's state is one of ``expected_states`` (and, when ``expected_owner``
-        is given, its ``lease_owner`` equals it), the state becomes ``to_state`` and the
+        is given, its ``lease_owner`` equals it, and each of ``expected_fields`` has the
+        value given: ``parent_id`` None for a root only, ``cancellable`` True or False),
+        the state becomes ``to_state`` and the
         ``fields`` (only :data:`~taskwarden.processes.RUNTIME_FIELDS`: error, status
         times, duration, progress, log, run_number, lease) are set in the same write.
         Of any number of concurrent callers expecting the same state, exactly one wins.
@@ -467,8 +470,9 @@ class Store(ABC):
         Raises:
             InvalidTransition: before any I/O if some ``expected -> to_state`` edge is not
                 in :data:`~taskwarden.processes.TRANSITIONS`, or ``expected_states`` is
-                empty; after the read if the record is in another state or held by another
-                owner (``current`` names the state found).
+                empty, or ``expected_fields`` names another field; after the read if the
+                record is in another state, held by another owner or has another value of
+                an expected field (``current`` names the state found).
             ProcessNotFound: no record has this id.
             InvalidDefinition: a field is not a runtime field.
         """
@@ -496,6 +500,19 @@ class Store(ABC):
                 was written.
         """
 
+    @abstractmethod
+    async def append_log(
+        self, process_id: str, log_entries: Sequence[LogEntry], max_log: int = 1000
+    ) -> None:
+        """Append ``log_entries`` to the log, keeping its newest ``max_log`` entries, and
+        leave the progress alone: one atomic write, whatever the state (what a process
+        that does not run the task writes, e.g. who asked for a cancel, without
+        overwriting the percent and message the running worker flushes meanwhile).
+
+        Raises:
+            ProcessNotFound: no record has this id.
+        """
+
     # -- leases (distributed workers) -------------------------------------------------
 
     @abstractmethod
@@ -520,7 +537,8 @@ class Store(ABC):
         store clock's now, or is None (a hold without expiry, e.g. an engine keeping a child
         it runs in-process; it lasts until released or the process ends). Each
         taken record gets ``lease_owner = worker`` and ``lease_expires_at = now +
-        lease_seconds``, atomically, so two concurrent claimers (tasks, processes or
+        lease_seconds`` (the record's own ``lease_seconds`` instead when its task overrides
+        the lease), atomically, so two concurrent claimers (tasks, processes or
         machines) never take the same process (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: a
         claimer skips rows another is taking instead of waiting). The oldest scheduled
         (by ``updated_at``, then ``process_id``) come first; the result keeps that order.
@@ -532,20 +550,21 @@ class Store(ABC):
     async def renew_leases(
         self, worker: str, process_ids: Collection[str], lease_seconds: float
     ) -> builtins.list[str]:
-        """Extend to ``now + lease_seconds`` the leases ``worker`` still holds on active
-        processes among ``process_ids``; return the ids renewed (in no particular order).
-        An id missing from the result was lost (expired and recovered, or ended): the
-        worker must stop working on it. Atomic."""
+        """Extend to ``now + lease_seconds`` (a record's own ``lease_seconds`` when set) the
+        leases ``worker`` still holds on active processes among ``process_ids``; return the
+        ids renewed (in no particular order). An id missing from the result was lost
+        (expired and recovered, or ended): the worker must stop working on it. Atomic."""
 
     @abstractmethod
     async def renew_held(
         self, worker: str, lease_seconds: float
     ) -> builtins.list[tuple[str, ProcessState]]:
-        """Extend to ``now + lease_seconds`` every lease ``worker`` holds on an active
-        process, in one statement whatever their number, and return ``(process_id, state)``
-        of each. A run the worker has that is missing was lost (its lease expired and was
-        reaped); a ``cancel_requested`` state is a cancel whose notification may have been
-        lost. ``updated_at`` is left alone: a renewal is not a change of the process."""
+        """Extend to ``now + lease_seconds`` (a record's own ``lease_seconds`` when set)
+        every lease ``worker`` holds on an active process, in one statement whatever their
+        number, and return ``(process_id, state)`` of each. A run the worker has that is
+        missing was lost (its lease expired and was reaped); a ``cancel_requested`` state
+        is a cancel whose notification may have been lost. ``updated_at`` is left alone: a
+        renewal is not a change of the process."""
 
     @abstractmethod
     async def put_worker(self, worker: WorkerRecord) -> None:

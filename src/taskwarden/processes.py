@@ -232,6 +232,7 @@ class ProcessRecord:
     lost_count: int = 0
     attempt: int = 0
     next_attempt_at: datetime | None = None
+    lease_seconds: float | None = None
 
     def __post_init__(self) -> None:
         # A root's root is itself; filling it here keeps "" from ever reaching a store.
@@ -260,7 +261,7 @@ class ProcessRecord:
         The seed's fields come first in its order; the worker fields follow under their
         camelCase names (``runNumber``, ``leaseOwner``, ``leaseExpiresAt``, ``lastCronTick``,
         ``updatedAt``, ``resumable``, ``onWorkerLost``, ``lostRetries``, ``lostCount``,
-        ``attempt``, ``nextAttemptAt``).
+        ``attempt``, ``nextAttemptAt``, ``leaseSeconds``).
         """
         return {
             "processId": self.process_id,
@@ -301,6 +302,7 @@ class ProcessRecord:
             "lostCount": self.lost_count,
             "attempt": self.attempt,
             "nextAttemptAt": _iso(self.next_attempt_at),
+            "leaseSeconds": self.lease_seconds,
         }
 
 
@@ -320,6 +322,7 @@ DEFINITION_FIELDS: frozenset[str] = frozenset(
         "resumable",
         "on_worker_lost",
         "lost_retries",
+        "lease_seconds",
     }
 )
 """Fields that ``Store.update_definition`` may change: what a task definition declares."""

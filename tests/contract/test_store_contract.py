@@ -956,6 +956,29 @@ async def test_a_fenced_progress_write_needs_the_lease(store: Store) -> None:
         await store.update_progress("ghost", 1.0, None, expected_owner="w1")
 
 
+async def test_append_log_adds_entries_and_leaves_the_progress_alone(store: Store) -> None:
+    """append_log appends (newest max_log kept) without touching percent and message,
+    in any state; a missing record raises ProcessNotFound."""
+    await put(store, S.RUNNING, process_id="p", lease_owner="w1")
+    await store.update_progress("p", 40.0, "the worker's", _entries(2), expected_owner="w1")
+    await store.append_log("p", _entries(2, start=2), max_log=3)
+    got = await store.get("p")
+    assert got is not None and (got.progress_percent, got.progress_message) == (
+        40.0,
+        "the worker's",
+    )
+    assert [e.message for e in got.log] == ["m1", "m2", "m3"]
+    await store.transition("p", [S.RUNNING], S.DONE)
+    await store.append_log("p", _entries(1, start=9))
+    done = await store.get("p")
+    assert done is not None and done.state is S.DONE and done.log[-1].message == "m9"
+    await store.append_log("p", _entries(1), max_log=0)
+    cleared = await store.get("p")
+    assert cleared is not None and cleared.log == ()
+    with pytest.raises(ProcessNotFound):
+        await store.append_log("ghost", _entries(1))
+
+
 async def test_update_progress_of_a_missing_record_raises(store: Store) -> None:
     """ProcessNotFound, not a silent no-op."""
     with pytest.raises(ProcessNotFound):
@@ -1420,6 +1443,7 @@ async def test_a_version_1_database_is_upgraded_on_open(backend: Backend) -> Non
         "ALTER TABLE {p}_processes DROP COLUMN lost_count",
         "ALTER TABLE {p}_processes DROP COLUMN attempt",
         "ALTER TABLE {p}_processes DROP COLUMN next_attempt_at",
+        "ALTER TABLE {p}_processes DROP COLUMN lease_seconds",
         "DROP TABLE {p}_workers",
         "DELETE FROM {p}_schema_version WHERE version > 1",
     )
@@ -1544,3 +1568,82 @@ async def test_a_store_that_executes_in_order_runs_a_dependent_call_issued_early
         assert isinstance(outcomes[0], ProcessRecord)
         record = await store.get("ordered")
         assert record is not None and record.state in {S.SCHEDULED, S.RUNNING}
+
+
+async def test_a_tasks_own_lease_overrides_the_workers_in_claims_and_renewals(
+    store: Store, clock: FakeClock
+) -> None:
+    """A record with ``lease_seconds`` (its task's override) gets that lease from a claim
+    (with or without start), ``renew_leases`` and ``renew_held``; the others get the
+    worker's. The override is a definition field: it round-trips and can be changed."""
+    await put(store, S.SCHEDULED, process_id="long", lease_seconds=90.5)
+    await put(store, S.SCHEDULED, process_id="plain")
+    await put(store, S.SCHEDULED, process_id="started", lease_seconds=45.0)
+    claimed = {r.process_id: r for r in await store.claim("w", 10, 2)}
+    assert claimed["long"].lease_expires_at == T0 + timedelta(seconds=90.5)
+    assert claimed["long"].lease_seconds == 90.5
+    assert claimed["plain"].lease_expires_at == T0 + timedelta(seconds=10)
+    [started] = await store.claim("w", 10, 5, start=True)
+    assert started.state is S.RUNNING and started.lease_expires_at == T0 + timedelta(seconds=45)
+    clock.advance(5)
+    assert sorted(await store.renew_leases("w", ["long", "plain"], lease_seconds=10)) == [
+        "long",
+        "plain",
+    ]
+    expiries = {r.process_id: r.lease_expires_at for r in await store.list()}
+    assert expiries == {
+        "long": T0 + timedelta(seconds=95.5),
+        "plain": T0 + timedelta(seconds=15),
+        "started": T0 + timedelta(seconds=45),
+    }
+    clock.advance(5)
+    assert len(await store.renew_held("w", lease_seconds=10)) == 3
+    after = {r.process_id: r.lease_expires_at for r in await store.list()}
+    assert after == {
+        "long": T0 + timedelta(seconds=100.5),
+        "plain": T0 + timedelta(seconds=20),
+        "started": T0 + timedelta(seconds=55),
+    }
+    changed = await store.update_definition("long", lease_seconds=None)
+    assert changed.lease_seconds is None
+    await store.renew_held("w", lease_seconds=10)
+    got = await store.get("long")
+    assert got is not None and got.lease_expires_at == T0 + timedelta(seconds=20)
+
+
+async def test_expected_fields_guard_a_transition_in_the_same_write(store: Store) -> None:
+    """``expected_fields`` adds field conditions to the compare-and-set: a child is not
+    launched as a root, a non-cancellable process is not cancelled; the refusal says which
+    field, the record is untouched; a bad guard is refused before any I/O. Batched calls
+    (one loop turn) keep each call's own outcome."""
+    await put(store, S.IDLE, process_id="root")
+    await put(store, S.IDLE, process_id="child", parent_id="root", root_id="root", depth=1)
+    await put(store, S.RUNNING, process_id="fixed", cancellable=False)
+    await put(store, S.RUNNING, process_id="soft")
+    roots = {"parent_id": None}
+    launched = await store.transition("root", [S.IDLE], S.SCHEDULED, expected_fields=roots)
+    assert launched.state is S.SCHEDULED
+    with pytest.raises(InvalidTransition, match="does not have parent_id=None") as refused:
+        await store.transition("child", [S.IDLE], S.SCHEDULED, expected_fields=roots)
+    assert refused.value.current == S.IDLE
+    with pytest.raises(InvalidTransition) as wrong_state:
+        await store.transition("root", [S.IDLE], S.SCHEDULED, expected_fields=roots)
+    assert wrong_state.value.current == S.SCHEDULED and "does not have" not in str(
+        wrong_state.value
+    )
+    cancellable = {"cancellable": True}
+    outcomes = await asyncio.gather(
+        store.transition("fixed", [S.RUNNING], S.CANCEL_REQUESTED, expected_fields=cancellable),
+        store.transition("soft", [S.RUNNING], S.CANCEL_REQUESTED, expected_fields=cancellable),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], InvalidTransition) and "cancellable=True" in str(outcomes[0])
+    assert isinstance(outcomes[1], ProcessRecord) and outcomes[1].state is S.CANCEL_REQUESTED
+    for pid, state in (("child", S.IDLE), ("fixed", S.RUNNING)):
+        got = await store.get(pid)
+        assert got is not None and got.state is state
+    with pytest.raises(ProcessNotFound):
+        await store.transition("ghost", [S.IDLE], S.SCHEDULED, expected_fields=roots)
+    for bad in ({"name": None}, {"parent_id": "root"}):
+        with pytest.raises(InvalidTransition, match="expected_fields takes"):
+            await store.transition("root", [S.SCHEDULED], S.RUNNING, expected_fields=bad)

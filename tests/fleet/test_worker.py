@@ -22,7 +22,7 @@ import pytest
 from taskwarden.abc import Store
 from taskwarden.bus import open_bus
 from taskwarden.engine import ProcessContext, TaskInstance
-from taskwarden.errors import LeaseLost, NotCancellable, ProcessNotFound
+from taskwarden.errors import InvalidDefinition, LeaseLost, NotCancellable, ProcessNotFound
 from taskwarden.model import OperationStatus
 from taskwarden.processes import ProcessRecord, ProcessState, utcnow
 from taskwarden.registry import OperationRegistry
@@ -724,3 +724,81 @@ async def test_a_launch_never_deletes_the_children_of_the_run_it_started(
     client.transition = then_a_worker_starts_it  # type: ignore[method-assign]
     await launch(client, "root")
     assert await client.get("root/new") is not None
+
+
+async def test_a_tasks_own_lease_outlives_the_workers_when_renewals_fail(
+    store_url: tuple[str, str], client: Store
+) -> None:
+    """``TaskInstance(lease_seconds=)`` is the lease its runs carry (on the record and in
+    the expiry a claim writes); when the worker cannot renew, each run is stopped before
+    its own lease runs out: the worker-lease run first, the long-lease one keeps going and
+    is renewed again once the store answers."""
+    ended: dict[str, str] = {}
+
+    def blocking(name: str) -> Any:
+        async def execute(ctx: ProcessContext) -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                ended[name] = ctx.scope.context.cancel_message or "?"
+
+        return execute
+
+    w = worker(
+        store_url,
+        task("plain", blocking("plain")),
+        task("long", blocking("long"), lease_seconds=4.0),
+        poll_interval=0.02,
+    )
+    async with w:
+        await launch(client, "plain")
+        await launch(client, "long")
+        await eventually(lambda: _is(client, "plain", S.RUNNING))
+        await eventually(lambda: _is(client, "long", S.RUNNING))
+        long = await state_of(client, "long")
+        plain = await state_of(client, "plain")
+        assert long.lease_seconds == 4.0 and plain.lease_seconds is None
+        assert long.lease_expires_at is not None and plain.lease_expires_at is not None
+        assert long.lease_expires_at - plain.lease_expires_at > timedelta(seconds=3)
+
+        renew_held = w.store.renew_held
+        failing = True
+
+        async def flaky_renewal(
+            worker: str, lease_seconds: float
+        ) -> list[tuple[str, ProcessState]]:
+            if failing:
+                raise OSError("store unreachable (injected)")
+            return await renew_held(worker, lease_seconds)
+
+        w.store.renew_held = flaky_renewal  # type: ignore[method-assign]
+        async with asyncio.timeout(5):
+            while "plain" not in ended:  # noqa: ASYNC110 - the run's finally sets it
+                await asyncio.sleep(0.02)
+        assert ended["plain"].startswith("lease-lost: no renewal for")
+        assert "long" not in ended and w.engine.is_running_locally("long")
+        failing = False
+        renewed_since = long.lease_expires_at
+        await eventually(lambda: _lease_after(client, "long", renewed_since), timeout=5)
+        assert "long" not in ended and w.engine.is_running_locally("long")
+
+
+async def _lease_after(store: Store, process_id: str, when: Any) -> bool:
+    record = await store.get(process_id)
+    return (
+        record is not None
+        and record.lease_expires_at is not None
+        and (record.lease_expires_at > when)
+    )
+
+
+async def test_a_worker_refuses_a_task_lease_under_three_renewals(
+    store_url: tuple[str, str],
+) -> None:
+    """A lease override that one late renewal could lose is refused at start, by name."""
+    w = worker(store_url, task("tight", lease_seconds=0.5), renew_interval=0.2)
+    with pytest.raises(
+        InvalidDefinition, match=r"'tight': lease_seconds \(0.5\) must be at least 3"
+    ):
+        await w.start()
+    await w.stop()

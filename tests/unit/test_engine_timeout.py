@@ -66,3 +66,10 @@ async def test_a_timeout_that_is_not_a_positive_number_is_refused_by_name(bad: o
     with pytest.raises(InvalidDefinition, match="'bad': timeout must be a finite number"):
         async with started_engine(task("bad", timeout=bad)):
             pass  # pragma: no cover - the definitions are refused on init
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan"), "10", True, 86_401])
+async def test_a_lease_override_that_is_not_a_sane_number_is_refused_by_name(bad: object) -> None:
+    with pytest.raises(InvalidDefinition, match="'bad': lease_seconds must be a number"):
+        async with started_engine(task("bad", lease_seconds=bad)):
+            pass  # pragma: no cover - the definitions are refused on init

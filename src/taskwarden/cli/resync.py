@@ -47,6 +47,7 @@ _DEFINED = (
     "resumable",
     "on_worker_lost",
     "lost_retries",
+    "lease_seconds",
     "adhoc",
 )
 _PAGE = 500

@@ -40,6 +40,14 @@ class ClaimMixin(RunMixin):
         """The process ids of every run this engine has (roots and children)."""
         return list(self._runs)
 
+    def held_leases(self) -> dict[str, float]:
+        """The lease each held run carries (its definition's ``lease_seconds``, else the
+        engine's), by process id; empty outside a fleet."""
+        default = self.lease_seconds
+        if default is None:
+            return {}
+        return {pid: run.definition.lease_seconds or default for pid, run in self._runs.items()}
+
     async def start_claimed(self, record: ProcessRecord) -> bool:
         """Run a record that this engine's worker claimed (its lease owner is
         :attr:`engine_id`): ``scheduled``, or ``running`` already when the claim started it

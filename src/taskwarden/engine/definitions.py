@@ -15,7 +15,14 @@ from taskwarden.processes import ProcessRecord
 if TYPE_CHECKING:
     from taskwarden.engine.context import ProcessContext
 
-__all__ = ["Execute", "TaskInstance", "definition_fields", "new_record", "validate_definition"]
+__all__ = [
+    "Execute",
+    "TaskInstance",
+    "check_lease",
+    "definition_fields",
+    "new_record",
+    "validate_definition",
+]
 
 Execute = Callable[["ProcessContext"], Awaitable[None]]
 """An async task function: ``async def execute(ctx: ProcessContext) -> None``."""
@@ -37,7 +44,11 @@ class TaskInstance:
     ``"retry"`` records that attempt failed and launches it again, at most
     ``lost_retries`` times per launch (then it stays failed with the reason
     ``worker-lost``); ``"resume"`` does the same for a task that picks up from what it
-    saved.
+    saved. ``lease_seconds`` overrides, for this task's runs, the lease of the worker that
+    runs them (None: the worker's, 30 s by default): a task that blocks its event loop for
+    long stretches may want a longer one, a task whose runs must be recovered fast a
+    shorter one. A worker refuses a definition whose lease is under 3 times its renewal
+    interval.
 
     ``retries`` opts in to retries on error (see :class:`~taskwarden.engine.RetryPolicy`):
     a run that raises is recorded failed in the history, and its process waits in
@@ -66,7 +77,11 @@ class TaskInstance:
     on_worker_lost: str = "fail"
     lost_retries: int = 1
     retries: RetryPolicy | None = None
+    lease_seconds: float | None = None
 
+
+MAX_LEASE = 86_400.0
+"""The longest lease a task may ask for (a day): a dead worker's runs wait that long."""
 
 WORKER_LOST_POLICIES = ("fail", "retry", "resume")
 """What ``on_worker_lost`` may say: record the run failed, launch it again (within
@@ -83,15 +98,15 @@ def validate_definition(task: TaskInstance) -> None:
         raise InvalidDefinition(
             f"process {task.process_id!r}: execute must be an async function taking ctx"
         )
-    timeout = task.timeout
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not 0 < timeout < math.inf
-    ):
+    if not _positive_seconds(task.timeout):
         raise InvalidDefinition(
             f"process {task.process_id!r}: timeout must be a finite number of seconds > 0 "
-            f"(or None for no limit), got {timeout!r}"
+            f"(or None for no limit), got {task.timeout!r}"
+        )
+    if not _positive_seconds(task.lease_seconds) or (task.lease_seconds or 0) > MAX_LEASE:
+        raise InvalidDefinition(
+            f"process {task.process_id!r}: lease_seconds must be a number of seconds > 0 and "
+            f"at most {MAX_LEASE:g} (or None for the worker's lease), got {task.lease_seconds!r}"
         )
     if task.on_worker_lost not in WORKER_LOST_POLICIES:
         raise InvalidDefinition(
@@ -114,6 +129,27 @@ def validate_definition(task: TaskInstance) -> None:
         CronSchedule.parse(task.process_id, task.schedule, task.schedule_tz)
 
 
+def check_lease(task: TaskInstance, renew_interval: float) -> None:
+    """Refuse (InvalidDefinition) a lease override shorter than 3 renewals of the worker
+    that would run the task: one late renewal must not lose its runs."""
+    lease = task.lease_seconds
+    if lease is not None and lease < 3 * renew_interval * (1 - 1e-9):
+        raise InvalidDefinition(
+            f"process {task.process_id!r}: lease_seconds ({lease!r}) must be at least 3 x the "
+            f"worker's renew_interval ({renew_interval!r}): raise it to {3 * renew_interval:g} "
+            "or more, or renew more often"
+        )
+
+
+def _positive_seconds(value: object) -> bool:
+    """None, or a finite number of seconds > 0 (a bool is not a number here)."""
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return 0 < value < math.inf
+
+
 def definition_fields(task: TaskInstance) -> dict[str, Any]:
     """The record fields a definition declares (what ``resync`` compares and updates)."""
     return {
@@ -128,6 +164,7 @@ def definition_fields(task: TaskInstance) -> dict[str, Any]:
         "resumable": task.resumable,
         "on_worker_lost": task.on_worker_lost,
         "lost_retries": task.lost_retries,
+        "lease_seconds": None if task.lease_seconds is None else float(task.lease_seconds),
     }
 
 

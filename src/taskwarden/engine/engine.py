@@ -30,7 +30,6 @@ from taskwarden.engine.definitions import (
     TaskInstance,
     definition_fields,
     new_record,
-    validate_definition,
 )
 from taskwarden.engine.engine_base import ChangeCallback
 from taskwarden.engine.progress import (
@@ -153,6 +152,10 @@ class Engine(ClaimMixin, RecoveryMixin):
         self.get_task_definitions = get_task_definitions
         self.engine_id = engine_id or f"{HOST}:{os.getpid()}:{next(_engine_numbers)}"
         self.lease_seconds = lease_seconds
+        self.renew_interval: float | None = None
+        """In a fleet, the renewal interval of the worker's leases (set by the
+        :class:`~taskwarden.worker.Worker`): definitions whose ``lease_seconds`` is under
+        3 times it are refused."""
         self.prune_undefined = True
         """Whether :meth:`resync` deletes records that no definition here declares (the
         seed's behaviour); a fleet's workers may serve different processes, so a
@@ -335,7 +338,7 @@ class Engine(ClaimMixin, RecoveryMixin):
             tasks = await getter(self.services)
         seen: set[str] = set()
         for task in tasks:
-            validate_definition(task)
+            self._validate(task)
             if task.process_id in seen:
                 raise InvalidDefinition(
                     f"process {task.process_id!r} is defined twice: process ids must be unique"
@@ -517,7 +520,7 @@ class Engine(ClaimMixin, RecoveryMixin):
                 process_id,
                 LAUNCHABLE_STATES,
                 S.SCHEDULED,
-                **self._hold(),
+                **self._hold(definition),
                 **_RESET_FIELDS,
             )
             if scheduled.run_number > 0:
@@ -702,7 +705,7 @@ class Engine(ClaimMixin, RecoveryMixin):
             ProcessNotFound: ``parent_id`` names no process.
         """
         self._require_started()
-        validate_definition(task)
+        self._validate(task)
         parent = None
         order = 0
         if parent_id is not None:

@@ -13,12 +13,12 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from taskwarden.abc import Store
 from taskwarden.clock import Clock
-from taskwarden.engine.definitions import TaskInstance
+from taskwarden.engine.definitions import TaskInstance, check_lease, validate_definition
 from taskwarden.engine.run_state import _await, _Run, _run_record
 from taskwarden.model import CancelationReason, OperationStatus
 from taskwarden.processes import ProcessRecord
@@ -43,6 +43,7 @@ class EngineBase:
     registry: OperationRegistry
     engine_id: str
     lease_seconds: float | None
+    renew_interval: float | None
     _in_order_store: bool
     services: dict[str, Any]
     cancel_grace: float
@@ -63,6 +64,24 @@ class EngineBase:
     _max_concurrency: int | None
     _active_roots: int
     _pending: deque[_Run]
+
+    def _validate(self, task: TaskInstance) -> None:
+        """Check a definition before it is used (InvalidDefinition naming it), and in a
+        fleet that its lease override leaves room for renewals."""
+        validate_definition(task)
+        if self.renew_interval is not None:
+            check_lease(task, self.renew_interval)
+
+    def _hold(self, definition: TaskInstance) -> dict[str, Any]:
+        """The lease fields a launch by this engine writes: the owner, and in a fleet
+        (``lease_seconds`` set) an expiry that the worker's renewals push forward, so the
+        run of a worker that dies is noticed by the others; the definition's own
+        ``lease_seconds`` overrides the worker's."""
+        if self.lease_seconds is None:
+            return {"lease_owner": self.engine_id}
+        lease = definition.lease_seconds or self.lease_seconds
+        expires = self.clock.wall() + timedelta(seconds=lease)
+        return {"lease_owner": self.engine_id, "lease_expires_at": expires}
 
     async def _record_history(
         self,

@@ -13,12 +13,12 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from taskwarden.engine.children import ChildResult, ProgressFanIn
 from taskwarden.engine.context import ProcessContext
-from taskwarden.engine.definitions import TaskInstance, new_record, validate_definition
+from taskwarden.engine.definitions import TaskInstance, new_record
 from taskwarden.engine.engine_base import EngineBase
 from taskwarden.engine.progress import ProgressBuffer
 from taskwarden.engine.retries import RetryPlan, plan_retry
@@ -67,15 +67,6 @@ S = ProcessState
 
 class RunMixin(EngineBase):
     """Executes runs for the engine (see the module docstring)."""
-
-    def _hold(self) -> dict[str, Any]:
-        """The lease fields a launch by this engine writes: the owner, and in a fleet
-        (``lease_seconds`` set) an expiry that the worker's renewals push forward, so the
-        run of a worker that dies is noticed by the others."""
-        if self.lease_seconds is None:
-            return {"lease_owner": self.engine_id}
-        expires = self.clock.wall() + timedelta(seconds=self.lease_seconds)
-        return {"lease_owner": self.engine_id, "lease_expires_at": expires}
 
     def _start_run(
         self,
@@ -132,7 +123,7 @@ class RunMixin(EngineBase):
                 process_id,
                 LAUNCHABLE_STATES,
                 S.SCHEDULED,
-                **self._hold(),
+                **self._hold(definition),
                 **_RESET_FIELDS,
             )
             if scheduled.run_number > 0:
@@ -230,7 +221,7 @@ class RunMixin(EngineBase):
                 # A retry that was due: it runs now, and the last attempt's error is history.
                 start.update(next_attempt_at=None, error=None)
             if run.take_lease:
-                start.update(self._hold())
+                start.update(self._hold(run.definition))
             try:
                 record = await self.store.transition(process_id, {S.SCHEDULED}, S.RUNNING, **start)
             except (InvalidTransition, ProcessNotFound):
@@ -566,7 +557,7 @@ class RunMixin(EngineBase):
     async def _run_child(
         self, parent: ProcessContext, task: TaskInstance, fan: ProgressFanIn | None
     ) -> ChildResult:
-        validate_definition(task)
+        self._validate(task)
         parent_run = parent._run
         order = parent._next_order()  # taken before any await: spawn order is sibling order
         existing = await self.store.get(task.process_id)
@@ -597,7 +588,7 @@ class RunMixin(EngineBase):
                 self._lose(parent_run, f"lease-lost: {exc}")
                 raise
             scheduled = await self.store.transition(
-                task.process_id, {S.IDLE}, S.SCHEDULED, **self._hold()
+                task.process_id, {S.IDLE}, S.SCHEDULED, **self._hold(task)
             )
         except asyncio.CancelledError:
             await _shielded(self._abort_unstarted(task.process_id))

@@ -39,6 +39,7 @@ from taskwarden.processes import (
 
 __all__ = [
     "BOOL_FIELDS",
+    "GUARD_FIELDS",
     "JSON_FIELDS",
     "MAX_LOG_DEFAULT",
     "PROCESS_COLUMNS",
@@ -46,9 +47,11 @@ __all__ = [
     "RUN_COLUMNS",
     "RUN_FIELDS",
     "TIME_FIELDS",
+    "Guard",
     "ServedIds",
     "check_definition_fields",
     "check_edges",
+    "check_guard",
     "check_limit",
     "check_metadata_filter",
     "check_runtime_fields",
@@ -58,6 +61,7 @@ __all__ = [
     "encode_dt",
     "encode_log",
     "field_encoder",
+    "guard_sql",
     "implied_sets",
     "json_dumps",
     "json_loads",
@@ -444,6 +448,7 @@ def record_decoder(
             lost_count=row[34],
             attempt=row[35],
             next_attempt_at=time(row[36]),
+            lease_seconds=row[37],
         )
 
     return record_from_row
@@ -523,9 +528,13 @@ def transition_refused(
     target: str,
     expected_owner: str | None,
     lease_owner: str | None,
+    *,
+    guard: Guard = (),
+    expected: Collection[str] = (),
 ) -> InvalidTransition:  # a LeaseLost when the owner differs
     """Why a compare-and-set on a record in ``state`` lost: the lease is someone else's
-    (when an owner was expected), or else the state is not an expected one."""
+    (when an owner was expected), a field differs from ``guard`` (the state was one of
+    ``expected``), or else the state is not an expected one."""
     if expected_owner is not None and lease_owner != expected_owner:
         return LeaseLost(
             process_id,
@@ -534,7 +543,48 @@ def transition_refused(
             f"process {process_id!r} is leased by {lease_owner!r}, not {expected_owner!r}: "
             "its lease was lost",
         )
+    if guard and state in expected:
+        wanted = ", ".join(f"{name}={value!r}" for name, value in guard)
+        return InvalidTransition(
+            process_id, state, target, f"process {process_id!r} does not have {wanted}"
+        )
     return InvalidTransition(process_id, state, target)
+
+
+Guard = tuple[tuple[str, bool | None], ...]
+"""A transition's ``expected_fields``, checked and sorted: ``((name, value), ...)``."""
+
+GUARD_FIELDS: frozenset[str] = frozenset({"parent_id", "cancellable"})
+"""The fields a transition's ``expected_fields`` may name."""
+
+
+def check_guard(process_id: str, expected_fields: Mapping[str, bool | None] | None) -> Guard:
+    """``expected_fields`` as a :data:`Guard`; InvalidTransition (``current=None``), before
+    any I/O, for a field outside :data:`GUARD_FIELDS` or a value other than None or a bool."""
+    if not expected_fields:
+        return ()
+    for name, value in expected_fields.items():
+        if name not in GUARD_FIELDS or not (value is None or isinstance(value, bool)):
+            raise InvalidTransition(
+                process_id,
+                None,
+                "?",
+                f"transition of {process_id!r}: expected_fields takes {sorted(GUARD_FIELDS)} "
+                f"with None or a bool, got {name}={value!r}",
+            )
+    return tuple(sorted(expected_fields.items()))
+
+
+def guard_sql(guard: Guard, *, alias: str = "", true: str = "TRUE", false: str = "FALSE") -> str:
+    """The ``AND ...`` conditions of ``guard`` (columns read through table ``alias``; the
+    dialect's boolean literals), or an empty string."""
+    conditions = []
+    for name, value in guard:
+        if value is None:
+            conditions.append(f" AND {alias}{name} IS NULL")
+        else:
+            conditions.append(f" AND {alias}{name} = {true if value else false}")
+    return "".join(conditions)
 
 
 def progress_refused(process_id: str, expected_owner: str, lease_owner: str | None) -> LeaseLost:

@@ -27,6 +27,7 @@ from taskwarden.stores.base import (
     TIME_FIELDS,
     check_definition_fields,
     check_edges,
+    check_guard,
     check_limit,
     check_runtime_fields,
     child_refused,
@@ -51,6 +52,12 @@ _TIME_FIELDS = tuple(f for f in PROCESS_FIELDS if f in TIME_FIELDS and f != "upd
 
 def _copy_json(value: Any, what: str) -> Any:
     return json.loads(json_dumps(value, what))
+
+
+def _expires(record: ProcessRecord, now: datetime, lease_seconds: float) -> datetime:
+    """When a lease taken or renewed ``now`` runs out: the task's own lease, else the
+    worker's ``lease_seconds``."""
+    return now + timedelta(seconds=record.lease_seconds or lease_seconds)
 
 
 def _clean_log(entries: Sequence[LogEntry]) -> tuple[LogEntry, ...]:
@@ -263,6 +270,7 @@ class MemoryStore(Store):
         /,
         *,
         expected_owner: str | None = None,
+        expected_fields: Mapping[str, bool | None] | None = None,
         run: RunRecord | None = None,
         **fields: Any,
     ) -> ProcessRecord:
@@ -270,12 +278,21 @@ class MemoryStore(Store):
         self._check_open()
         expected = check_edges(process_id, expected_states, to_state)
         check_runtime_fields(fields)
+        guard = check_guard(process_id, expected_fields)
         record = self._require(process_id)
         if record.state not in expected:
             raise InvalidTransition(process_id, record.state, to_state)
-        if expected_owner is not None and record.lease_owner != expected_owner:
+        if (expected_owner is not None and record.lease_owner != expected_owner) or any(
+            getattr(record, name) != value for name, value in guard
+        ):
             raise transition_refused(
-                process_id, record.state, to_state, expected_owner, record.lease_owner
+                process_id,
+                record.state,
+                to_state,
+                expected_owner,
+                record.lease_owner,
+                guard=guard,
+                expected=expected,
             )
         increment, clear = transition_defaults(ProcessState(to_state), fields)
         if increment:
@@ -325,6 +342,15 @@ class MemoryStore(Store):
             log = (log + _clean_log(log_entries))[-max_log:] if max_log > 0 else ()
         self._put(record, progress_percent=percent, progress_message=message, log=log)
 
+    async def append_log(
+        self, process_id: str, log_entries: Sequence[LogEntry], max_log: int = 1000
+    ) -> None:
+        """See :meth:`Store.append_log`."""
+        self._check_open()
+        record = self._require(process_id)
+        log = (record.log + _clean_log(log_entries))[-max_log:] if max_log > 0 else ()
+        self._put(record, log=log)
+
     # -- leases -----------------------------------------------------------------------
 
     async def claim(
@@ -356,17 +382,20 @@ class MemoryStore(Store):
             ),
             key=lambda r: (r.updated_at, r.process_id),
         )
-        expires = now + timedelta(seconds=lease_seconds)
         if not start:
             return [
-                self._put(record, lease_owner=worker, lease_expires_at=expires)
+                self._put(
+                    record,
+                    lease_owner=worker,
+                    lease_expires_at=_expires(record, now, lease_seconds),
+                )
                 for record in candidates
             ]
         return [
             self._put(
                 record,
                 lease_owner=worker,
-                lease_expires_at=expires,
+                lease_expires_at=_expires(record, now, lease_seconds),
                 state=ProcessState.RUNNING,
                 run_number=record.run_number + 1,
                 running_since=now,
@@ -381,12 +410,12 @@ class MemoryStore(Store):
     ) -> builtins.list[str]:
         """See :meth:`Store.renew_leases`."""
         self._check_open()
-        expires = self.clock.wall() + timedelta(seconds=lease_seconds)
+        now = self.clock.wall()
         renewed: builtins.list[str] = []
         for process_id in dict.fromkeys(process_ids):
             record = self._records.get(process_id)
             if record and record.lease_owner == worker and record.state in ACTIVE_STATES:
-                self._put(record, lease_expires_at=expires)
+                self._put(record, lease_expires_at=_expires(record, now, lease_seconds))
                 renewed.append(process_id)
         return renewed
 
@@ -395,10 +424,11 @@ class MemoryStore(Store):
     ) -> builtins.list[tuple[str, ProcessState]]:
         """See :meth:`Store.renew_held`."""
         self._check_open()
-        expires = self.clock.wall() + timedelta(seconds=lease_seconds)
+        now = self.clock.wall()
         held: builtins.list[tuple[str, ProcessState]] = []
         for process_id, record in self._records.items():
             if record.lease_owner == worker and record.state in ACTIVE_STATES:
+                expires = _expires(record, now, lease_seconds)
                 self._records[process_id] = dataclasses.replace(record, lease_expires_at=expires)
                 held.append((process_id, record.state))
         return held

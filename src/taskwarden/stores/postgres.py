@@ -33,9 +33,11 @@ from taskwarden.stores.base import (
     RUN_COLUMNS,
     ServedIds,
     check_edges,
+    check_guard,
     check_runtime_fields,
     child_refused,
     duplicate_process,
+    guard_sql,
     implied_sets,
     json_dumps,
     list_filters,
@@ -76,6 +78,20 @@ from taskwarden.stores.statements import (
 )
 
 __all__ = ["PostgresStore"]
+
+
+def _appended_log(entries: str, keep: str) -> str:
+    """SQL for the log with the JSON array in parameter ``entries`` appended, keeping the
+    newest (parameter) ``keep`` entries: one statement, no read first."""
+    return (
+        f"CASE WHEN {keep} <= 0 THEN '[]'::jsonb "
+        f"WHEN jsonb_array_length(log) + jsonb_array_length({entries}::jsonb) <= {keep} "
+        f"THEN log || {entries}::jsonb "
+        "ELSE (SELECT jsonb_agg(e ORDER BY i) FROM (SELECT e, i FROM "
+        f"jsonb_array_elements(log || {entries}::jsonb) WITH ORDINALITY AS x(e, i) "
+        f"ORDER BY i DESC LIMIT {keep}) AS kept) END"
+    )
+
 
 logger = logging.getLogger("taskwarden.stores.postgres")
 
@@ -404,6 +420,7 @@ class PostgresStore(PostgresLeases, Store):
         /,
         *,
         expected_owner: str | None = None,
+        expected_fields: Mapping[str, bool | None] | None = None,
         run: RunRecord | None = None,
         **fields: Any,
     ) -> ProcessRecord:
@@ -417,6 +434,7 @@ class PostgresStore(PostgresLeases, Store):
             raise store_not_open()
         expected = check_edges(process_id, expected_states, to_state)
         check_runtime_fields(fields)
+        guard = check_guard(process_id, expected_fields)
         target = ProcessState(to_state)
         increment, clear = transition_defaults(target, fields)
         names = tuple(sorted(fields))
@@ -428,8 +446,9 @@ class PostgresStore(PostgresLeases, Store):
             now=self.clock.wall(),
             values=[encode_field(name, fields[name]) for name in names],
             run=None if run is None else run_values(run, to_utc, process_id=process_id),
+            guard=guard,
         )
-        key = (names, increment, clear, expected_owner is not None, run is not None)
+        key = (names, increment, clear, expected_owner is not None, run is not None, guard)
         record: ProcessRecord = await self._combined(("transition", key), call)
         return record
 
@@ -485,7 +504,7 @@ class PostgresStore(PostgresLeases, Store):
         sql = self._transition_sql.get(key)
         if sql is not None:
             return sql
-        names, increment, clear, with_owner, with_run = key
+        names, increment, clear, with_owner, with_run, guard = key
         columns = ["ord", "pid", "expected", "owner", "target", "now"]
         types = ["int4", "text", "text", "text", "text", "timestamptz"]
         sets = ["state = v.target", "updated_at = v.now"]
@@ -504,6 +523,7 @@ class PostgresStore(PostgresLeases, Store):
             inserted[-1] = f"COALESCE({inserted[-1]}, upd.run_number)"
         arrays = ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(types, start=1))
         owner = " AND t.lease_owner = v.owner" if with_owner else ""
+        owner += guard_sql(guard, alias="t.")
         sql = (
             f"WITH v AS (SELECT * FROM unnest({arrays}) AS v({', '.join(columns)})), "
             f"upd AS (UPDATE {self._t} AS t SET {', '.join(sets)} FROM v "
@@ -523,11 +543,12 @@ class PostgresStore(PostgresLeases, Store):
         sql = self._single_sql_cache.get(key)
         if sql is not None:
             return sql
-        names, increment, clear, with_owner, with_run = key
+        names, increment, clear, with_owner, with_run, guard = key
         sets = ["state = $4", "updated_at = $5"]
         sets.extend(f"{name} = ${i}" for i, name in enumerate(names, start=6))
         sets.extend(implied_sets(increment, clear))
         owner = " AND lease_owner = $3" if with_owner else " AND $3::text IS NULL"
+        owner += guard_sql(guard)
         sql = (
             f"UPDATE {self._t} SET {', '.join(sets)} WHERE process_id = $1 "
             f"AND state = ANY(string_to_array($2, ','))"
@@ -611,7 +632,15 @@ class PostgresStore(PostgresLeases, Store):
             else:
                 state, lease_owner = found[call.process_id]
                 outcomes.append(
-                    transition_refused(call.process_id, state, call.target, call.owner, lease_owner)
+                    transition_refused(
+                        call.process_id,
+                        state,
+                        call.target,
+                        call.owner,
+                        lease_owner,
+                        guard=call.guard,
+                        expected=call.expected.split(","),
+                    )
                 )
         return outcomes
 
@@ -629,16 +658,9 @@ class PostgresStore(PostgresLeases, Store):
         now = self.clock.wall()
         if log_entries:
             new_log = json_dumps(log_to_json(log_entries), "log data")
-            # Append, then keep the newest max_log entries, in one statement.
             sql = (
                 f"UPDATE {self._t} SET progress_percent = $2, progress_message = $3, "
-                "updated_at = $4, log = CASE "
-                "WHEN $6 <= 0 THEN '[]'::jsonb "
-                "WHEN jsonb_array_length(log) + jsonb_array_length($5::jsonb) <= $6 "
-                "THEN log || $5::jsonb "
-                "ELSE (SELECT jsonb_agg(e ORDER BY i) FROM (SELECT e, i FROM "
-                "jsonb_array_elements(log || $5::jsonb) WITH ORDINALITY AS x(e, i) "
-                "ORDER BY i DESC LIMIT $6) AS kept) END WHERE process_id = $1"
+                f"updated_at = $4, log = {_appended_log('$5', '$6')} WHERE process_id = $1"
             )
             args: tuple[Any, ...] = (process_id, percent, message, now, new_log, max_log)
         else:
@@ -660,6 +682,23 @@ class PostgresStore(PostgresLeases, Store):
             if holder is None or expected_owner is None:
                 raise ProcessNotFound(process_id)
             raise progress_refused(process_id, expected_owner, holder[0])
+
+        await self._run(op)
+
+    async def append_log(
+        self, process_id: str, log_entries: Sequence[LogEntry], max_log: int = 1000
+    ) -> None:
+        """See :meth:`Store.append_log`."""
+        new_log = json_dumps(log_to_json(log_entries), "log data")
+        sql = (
+            f"UPDATE {self._t} SET updated_at = $2, log = {_appended_log('$3', '$4')} "
+            "WHERE process_id = $1"
+        )
+        args = (process_id, self.clock.wall(), new_log, max_log)
+
+        async def op(conn: asyncpg.Connection) -> None:
+            if row_count(await conn.execute(sql, *args)) != 1:
+                raise ProcessNotFound(process_id)
 
         await self._run(op)
 

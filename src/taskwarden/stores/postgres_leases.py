@@ -123,7 +123,8 @@ class PostgresLeases:
             "(SELECT * FROM free UNION ALL SELECT * FROM expired) AS c "
             "ORDER BY updated_at, process_id LIMIT $4) "
             f"UPDATE {self._t} AS t SET {starts}lease_owner = $1, "
-            f"lease_expires_at = {_LEASE_NOW_3} + make_interval(secs => $2::float8), "
+            f"lease_expires_at = {_LEASE_NOW_3} "
+            "+ make_interval(secs => COALESCE(t.lease_seconds, $2::float8)), "
             "updated_at = $5 FROM picked WHERE t.process_id = picked.process_id "
             f"RETURNING picked.queued_at, {', '.join('t.' + c for c in PROCESS_COLUMNS)}"
         )
@@ -152,7 +153,8 @@ class PostgresLeases:
             return []
         sql = (
             f"UPDATE {self._t} SET lease_expires_at = "
-            "COALESCE($3::timestamptz, now()) + make_interval(secs => $6::float8), "
+            "COALESCE($3::timestamptz, now()) "
+            "+ make_interval(secs => COALESCE(lease_seconds, $6::float8)), "
             "updated_at = $4 WHERE lease_owner = $1 AND process_id = ANY($2::text[]) "
             "AND state = ANY($5::text[]) RETURNING process_id"
         )
@@ -169,7 +171,8 @@ class PostgresLeases:
         """See :meth:`Store.renew_held`."""
         sql = (
             f"UPDATE {self._t} SET lease_expires_at = "
-            "COALESCE($2::timestamptz, now()) + make_interval(secs => $4::float8) "
+            "COALESCE($2::timestamptz, now()) "
+            "+ make_interval(secs => COALESCE(lease_seconds, $4::float8)) "
             "WHERE lease_owner = $1 AND state = ANY($3::text[]) RETURNING process_id, state"
         )
         args = (worker, self._lease_now(), ACTIVE, float(lease_seconds))

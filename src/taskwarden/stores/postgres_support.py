@@ -11,6 +11,7 @@ import asyncpg
 from taskwarden.processes import ACTIVE_STATES, ProcessState
 from taskwarden.stores.base import (
     PROCESS_COLUMNS,
+    Guard,
     decode_log,
     field_encoder,
     json_loads,
@@ -106,6 +107,7 @@ class Call:
     now: datetime
     values: list[Any]
     run: tuple[Any, ...] | None
+    guard: Guard = ()
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -31,12 +31,15 @@ from taskwarden.model import OperationStatus, RunRecord
 from taskwarden.processes import LogEntry, ProcessRecord, ProcessState
 from taskwarden.stores.base import (
     RUN_COLUMNS,
+    Guard,
     ServedIds,
     check_edges,
+    check_guard,
     check_runtime_fields,
     child_refused,
     duplicate_process,
     encode_dt,
+    guard_sql,
     implied_sets,
     json_dumps,
     json_loads,
@@ -469,16 +472,18 @@ class SQLiteStore(SQLiteLeases, Store):
         /,
         *,
         expected_owner: str | None = None,
+        expected_fields: Mapping[str, bool | None] | None = None,
         run: RunRecord | None = None,
         **fields: Any,
     ) -> ProcessRecord:
         """See :meth:`Store.transition`."""
         expected = check_edges(process_id, expected_states, to_state)
         check_runtime_fields(fields)
+        guard = check_guard(process_id, expected_fields)
         target = ProcessState(to_state)
         increment, clear = transition_defaults(target, fields)
         names = sorted(fields)
-        key = (tuple(names), len(expected), increment, clear, expected_owner is not None)
+        key = (tuple(names), len(expected), increment, clear, expected_owner is not None, guard)
         sql = self._transition_sql.get(key)
         if sql is None:
             sets = ["state = ?", "updated_at = ?", *(f"{name} = ?" for name in names)]
@@ -486,8 +491,8 @@ class SQLiteStore(SQLiteLeases, Store):
             sql = (
                 f"UPDATE {self._t} SET {', '.join(sets)} WHERE process_id = ? "
                 f"AND state IN ({placeholders(len(expected))})"
-                f"{' AND lease_owner = ?' if expected_owner is not None else ''} "
-                f"RETURNING {_COLS}"
+                f"{' AND lease_owner = ?' if expected_owner is not None else ''}"
+                f"{guard_sql(guard, true='1', false='0')} RETURNING {_COLS}"
             )
             self._transition_sql[key] = sql
         args = [
@@ -500,8 +505,9 @@ class SQLiteStore(SQLiteLeases, Store):
         if expected_owner is not None:
             args.append(expected_owner)
         history = None if run is None else run_values(run, encode_dt, process_id=process_id)
+        refusal = (guard, expected)
         result: ProcessRecord = await self._submit(
-            WRITE, self._transition, sql, args, process_id, target, expected_owner, history
+            WRITE, self._transition, sql, args, process_id, target, expected_owner, history, refusal
         )
         return result
 
@@ -514,6 +520,7 @@ class SQLiteStore(SQLiteLeases, Store):
         target: ProcessState,
         owner: str | None,
         history: tuple[Any, ...] | None,
+        refusal: tuple[Guard, frozenset[ProcessState]] = ((), frozenset()),
     ) -> ProcessRecord:
         row = conn.execute(sql, args).fetchone()
         if row is not None:
@@ -528,7 +535,10 @@ class SQLiteStore(SQLiteLeases, Store):
         if found is None:
             raise ProcessNotFound(process_id)
         state, lease_owner = found
-        raise transition_refused(process_id, state, target, owner, lease_owner)
+        guard, expected = refusal
+        raise transition_refused(
+            process_id, state, target, owner, lease_owner, guard=guard, expected=expected
+        )
 
     async def update_progress(
         self,
@@ -556,6 +566,15 @@ class SQLiteStore(SQLiteLeases, Store):
             expected_owner,
         )
 
+    async def append_log(
+        self, process_id: str, log_entries: Sequence[LogEntry], max_log: int = 1000
+    ) -> None:
+        """See :meth:`Store.append_log`."""
+        now = encode_dt(self.clock.wall())
+        new_log = json_dumps(log_to_json(log_entries), "log data")
+        args = (process_id, None, None, new_log, len(log_entries), max_log, now, None, True)
+        await self._submit(WRITE, self._update_progress, *args)
+
     def _update_progress(
         self,
         conn: sqlite3.Connection,
@@ -567,6 +586,7 @@ class SQLiteStore(SQLiteLeases, Store):
         max_log: int,
         now: str,
         owner: str | None,
+        keep_progress: bool = False,
     ) -> None:
         if new_log is None:
             fence = "" if owner is None else " AND lease_owner = ?"
@@ -595,6 +615,12 @@ class SQLiteStore(SQLiteLeases, Store):
         else:
             merged = (json_loads(old) + json_loads(new_log))[-max_log:]
             log = json_dumps(merged, "log data")
+        if keep_progress:
+            conn.execute(
+                f"UPDATE {self._t} SET log = ?, updated_at = ? WHERE process_id = ?",
+                (log, now, process_id),
+            )
+            return
         conn.execute(
             f"UPDATE {self._t} SET progress_percent = ?, progress_message = ?, log = ?, "
             "updated_at = ? WHERE process_id = ?",

@@ -45,6 +45,20 @@ def _required(value: datetime | None) -> datetime:
 
 
 _COLS = ", ".join(PROCESS_COLUMNS)
+
+
+def _expires(default: str, now: str) -> str:
+    """The lease expiry a claim or renewal writes, as SQL: ``default`` (an argument holding
+    the worker's expiry, computed exactly) unless the row's task overrides the lease,
+    then ``now`` (an argument) plus its ``lease_seconds``, in the fixed-width text of
+    ``encode_dt`` (to the millisecond, rounded down: never later than the lease says).
+    """
+    return (
+        f"CASE WHEN lease_seconds IS NULL THEN {default} ELSE strftime('%Y-%m-%dT%H:%M:%f', "
+        f"{now}, '+' || printf('%.6f', lease_seconds) || ' seconds') || '000+00:00' END"
+    )
+
+
 _ACTIVE = tuple(sorted(state.value for state in ACTIVE_STATES))
 
 
@@ -114,7 +128,8 @@ class SQLiteLeases:
             else ""
         )
         rows = conn.execute(
-            f"UPDATE {self._t} SET {starts}lease_owner = ?1, lease_expires_at = ?2, "
+            f"UPDATE {self._t} SET {starts}lease_owner = ?1, "
+            f"lease_expires_at = {_expires('?2', '?3')}, "
             f"updated_at = ?3 WHERE process_id IN ({placeholders(len(ids))}) RETURNING {_COLS}",
             (worker, expires, now, *ids),
         ).fetchall()
@@ -130,9 +145,10 @@ class SQLiteLeases:
         if not ids:
             return []
         expires = encode_dt(now + timedelta(seconds=lease_seconds))
-        sets = "lease_expires_at = ?, updated_at = ?"
+        sets = f"lease_expires_at = {_expires('?', '?')}, updated_at = ?"
+        at = encode_dt(now)
         result: builtins.list[str] = await self._submit(
-            WRITE, self._lease_update, sets, (expires, encode_dt(now)), worker, ids, True
+            WRITE, self._lease_update, sets, (expires, at, at), worker, ids, True
         )
         return result
 
@@ -140,13 +156,14 @@ class SQLiteLeases:
         self, worker: str, lease_seconds: float
     ) -> builtins.list[tuple[str, ProcessState]]:
         """See :meth:`Store.renew_held`."""
-        expires = encode_dt(self.clock.wall() + timedelta(seconds=lease_seconds))
+        now = self.clock.wall()
+        expires = encode_dt(now + timedelta(seconds=lease_seconds))
         sql = (
-            f"UPDATE {self._t} SET lease_expires_at = ? WHERE lease_owner = ? "
+            f"UPDATE {self._t} SET lease_expires_at = {_expires('?', '?')} WHERE lease_owner = ? "
             f"AND state IN ({placeholders(len(_ACTIVE))}) RETURNING process_id, state"
         )
         rows: builtins.list[tuple[Any, ...]] = await self._submit(
-            WRITE, self._fetch_rows, sql, (expires, worker, *_ACTIVE)
+            WRITE, self._fetch_rows, sql, (expires, encode_dt(now), worker, *_ACTIVE)
         )
         return [(row[0], ProcessState(row[1])) for row in rows]
 

@@ -70,6 +70,10 @@ _RESET: dict[str, Any] = {
     "lease_owner": None,
     "lease_expires_at": None,
 }
+_ROOT: dict[str, bool | None] = {"parent_id": None}
+"""A launch's guard: only a root is launched (children run through their parent)."""
+_CANCELLABLE: dict[str, bool | None] = {"cancellable": True}
+"""A cancel's guard: a process defined ``cancellable=False`` is never cancelled."""
 
 
 def wake_topic(prefix: str = "taskwarden") -> str:
@@ -107,16 +111,22 @@ async def launch(
             parent).
         InvalidTransition: it is scheduled or running already (``current`` says which).
     """
-    record = await store.get(process_id)
-    if record is None:
-        raise ProcessNotFound(process_id)
-    if record.parent_id is not None:
-        raise ProcessNotFound(
-            process_id,
-            f"process {process_id!r} is a child of {record.parent_id!r}: launch its root "
-            f"{record.root_id!r} instead",
+    try:
+        # One compare-and-set, no read first: it also checks that this is a root.
+        scheduled = await store.transition(
+            process_id, LAUNCHABLE_STATES, S.SCHEDULED, expected_fields=_ROOT, **_RESET
         )
-    scheduled = await store.transition(process_id, LAUNCHABLE_STATES, S.SCHEDULED, **_RESET)
+    except InvalidTransition:
+        record = await store.get(process_id)
+        if record is None:
+            raise ProcessNotFound(process_id) from None
+        if record.parent_id is not None:
+            raise ProcessNotFound(
+                process_id,
+                f"process {process_id!r} is a child of {record.parent_id!r}: launch its root "
+                f"{record.root_id!r} instead",
+            ) from None
+        raise
     if scheduled.run_number > 0:
         # Only while still unclaimed: a worker may have started the new run (and made its
         # children) since the write above.
@@ -160,41 +170,53 @@ async def _cancel_one(
     requested_by: str | None,
     prefix: str,
 ) -> ProcessRecord:
-    """:func:`cancel`'s write: decide from a fresh read, retry when the state moved."""
+    """:func:`cancel`'s write: a running process is asked at once (one compare-and-set
+    that also checks ``cancellable``); else decide from a fresh read, and again when the
+    state moved meanwhile."""
+    state: ProcessState = S.RUNNING  # the common case first: no read before the write
     for _ in range(5):
-        record = await store.get(process_id)
-        if record is None:
-            raise ProcessNotFound(process_id)
-        if not record.cancellable:
-            raise NotCancellable(
-                process_id, f"process {process_id!r} is defined with cancellable=False"
-            )
-        if record.state not in CANCELLABLE_STATES:
-            raise NotCancellable(
-                process_id,
-                f"process {process_id!r} is {record.state}: only scheduled or running "
-                "processes can be cancelled",
-            )
         try:
-            if record.state is S.SCHEDULED:
+            if state is S.SCHEDULED:
                 return await store.transition(
-                    process_id, {S.SCHEDULED}, S.CANCELLED, stopped_at=utcnow()
+                    process_id,
+                    {S.SCHEDULED},
+                    S.CANCELLED,
+                    expected_fields=_CANCELLABLE,
+                    stopped_at=utcnow(),
                 )
-            requested = await store.transition(process_id, {S.RUNNING}, S.CANCEL_REQUESTED)
-        except InvalidTransition:
-            continue  # it moved on meanwhile (started, ended): decide again
-        text = "cancel requested" + (f": {reason}" if reason else "")
-        if requested_by:
-            text += f" (by {requested_by})"
-        entry = LogEntry(timestamp=utcnow(), level=LogLevel.INFO, message=text)
-        with contextlib.suppress(ProcessNotFound):
-            await store.update_progress(
-                process_id, requested.progress_percent, requested.progress_message, [entry]
+            requested = await store.transition(
+                process_id, {S.RUNNING}, S.CANCEL_REQUESTED, expected_fields=_CANCELLABLE
             )
+        except InvalidTransition:
+            # Not running (or not cancellable, or it moved on meanwhile): look, decide again.
+            record = await store.get(process_id)
+            if record is None:
+                raise ProcessNotFound(process_id) from None
+            if not record.cancellable:
+                raise NotCancellable(
+                    process_id, f"process {process_id!r} is defined with cancellable=False"
+                ) from None
+            if record.state not in CANCELLABLE_STATES:
+                raise NotCancellable(
+                    process_id,
+                    f"process {process_id!r} is {record.state}: only scheduled or running "
+                    "processes can be cancelled",
+                ) from None
+            state = record.state
+            continue
+        requested_at = utcnow()
         payload = {"process_id": process_id, "origin": requested_by or "client"}
         if reason:
             payload["reason"] = reason
+        # The request is in the store: tell the worker now, then log who asked. The log
+        # write appends only, so it cannot overwrite the progress the worker flushes.
         await _notify(bus, cancel_topic(prefix), payload)
+        text = "cancel requested" + (f": {reason}" if reason else "")
+        if requested_by:
+            text += f" (by {requested_by})"
+        entry = LogEntry(timestamp=requested_at, level=LogLevel.INFO, message=text)
+        with contextlib.suppress(ProcessNotFound):
+            await store.append_log(process_id, [entry])
         return requested
     raise NotCancellable(process_id, f"process {process_id!r} kept changing state; retry")
 

@@ -182,6 +182,7 @@ class Worker:
         )
         # Workers may serve different processes: one must not delete another's records.
         self.engine.prune_undefined = prune_undefined
+        self.engine.renew_interval = renew_interval  # (definitions' leases are checked)
         self.started_at: datetime | None = None
         self.claimed = 0
         """Runs this worker claimed since it started."""
@@ -484,27 +485,31 @@ class Worker:
         while True:
             await asyncio.sleep(self.renew_interval)
             # A renewal that hangs (the store retrying a dead connection) must not keep the
-            # runs past the point where this worker can still trust its leases.
-            trusted_for = self._trusted_for()
+            # runs past the point where this worker can still trust their leases.
+            leases = self.engine.held_leases()
+            trusted_for = self._trusted_for(min(leases.values(), default=self.lease_seconds))
             try:
                 # Past trust (the runs were stopped already) a renewal is how to recover.
                 async with asyncio.timeout(trusted_for if trusted_for > 0 else self.lease_seconds):
                     await self.renew_once()
             except Exception as exc:
                 silent = time.monotonic() - self._last_renewal
-                if silent >= self.lease_seconds - self.renew_interval:
-                    # Stop before the lease can run out and another worker take them over.
-                    reason = exc if str(exc) else type(exc).__name__
-                    for process_id in self.engine.held_runs:
+                reason = exc if str(exc) else type(exc).__name__
+                for process_id, lease in leases.items():
+                    # Stop each run before its lease can run out and another worker take
+                    # it over (a task's own lease may be longer or shorter than the worker's).
+                    if silent >= lease - self.renew_interval:
                         self.engine.lose_run(
                             process_id,
                             f"lease-lost: no renewal for {silent:.1f} s ({reason})",
                         )
                 logger.warning("renewing the leases failed: %r", exc)
 
-    def _trusted_for(self) -> float:
-        """Seconds this worker may still trust its leases, on its own monotonic clock."""
-        return self._last_renewal + self.lease_seconds - self.renew_interval - time.monotonic()
+    def _trusted_for(self, lease: float | None = None) -> float:
+        """Seconds this worker may still trust a lease of ``lease`` seconds (its own by
+        default) renewed at its last renewal, on its own monotonic clock."""
+        lease = self.lease_seconds if lease is None else lease
+        return self._last_renewal + lease - self.renew_interval - time.monotonic()
 
     async def renew_once(self) -> None:
         """Renew every lease this worker holds; stop the runs it lost, start the cancel of
