@@ -1644,6 +1644,7 @@ async def test_expected_fields_guard_a_transition_in_the_same_write(store: Store
         assert got is not None and got.state is state
     with pytest.raises(ProcessNotFound):
         await store.transition("ghost", [S.IDLE], S.SCHEDULED, expected_fields=roots)
-    for bad in ({"name": None}, {"parent_id": "root"}):
+    bad_guards: list[dict[str, Any]] = [{"name": None}, {"parent_id": "root"}]
+    for bad in bad_guards:
         with pytest.raises(InvalidTransition, match="expected_fields takes"):
             await store.transition("root", [S.SCHEDULED], S.RUNNING, expected_fields=bad)
