@@ -274,10 +274,14 @@ def decode_dt(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+"""One encoder for every call: json.dumps with non-default options builds one per call."""
+
+
 def json_dumps(value: Any, what: str) -> str:
     """Compact JSON for ``value``; InvalidDefinition names ``what`` when it is not JSON."""
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _COMPACT.encode(value)
     except (TypeError, ValueError) as exc:
         raise InvalidDefinition(
             f"{what} must hold JSON values only (str, numbers, bools, None, lists, dicts): {exc}"

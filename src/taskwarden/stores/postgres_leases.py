@@ -100,7 +100,10 @@ class PostgresLeases:
             ""
             if process_ids is None
             # Sent as one text (an array literal), parsed by the server: see ServedIds.
-            else " AND process_id = ANY(ARRAY(SELECT unnest($6::text::text[])))"
+            # Not a top-level IN (that becomes a semi-join and loses the index order):
+            # ``IS TRUE`` keeps it a hashed SubPlan, one probe per candidate row instead of
+            # a scan of the whole array (= ANY(ARRAY(...)) cost grows with the list).
+            else " AND (process_id IN (SELECT unnest($6::text::text[]))) IS TRUE"
         )
         starts = (
             "state = 'running', run_number = t.run_number + 1, running_since = $5, "

@@ -463,7 +463,11 @@ class Worker:
     async def claim_once(self) -> int:
         """Claim and start up to the free slots' worth of waiting launches; return how many."""
         free = self.engine.free_slots
-        limit = 100 if free is None else min(free, 100)
+        # At most half the slots per claim: the next claim is in flight while the runs
+        # of the last one run and record their ends (two statements overlap, on two
+        # pooled connections), instead of claim -> run -> end -> claim in lock step.
+        batch = 100 if self.concurrency is None else max(1, min(100, -(-self.concurrency // 2)))
+        limit = batch if free is None else min(free, batch)
         served = self.engine.served_process_ids
         if limit <= 0 or not served or not self._claiming or self._trusted_for() <= 0:
             return 0  # (no claims while renewals fail: what it took would be lost at once)
