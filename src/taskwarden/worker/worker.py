@@ -463,10 +463,13 @@ class Worker:
     async def claim_once(self) -> int:
         """Claim and start up to the free slots' worth of waiting launches; return how many."""
         free = self.engine.free_slots
-        # At most half the slots per claim: the next claim is in flight while the runs
-        # of the last one run and record their ends (two statements overlap, on two
-        # pooled connections), instead of claim -> run -> end -> claim in lock step.
-        batch = 100 if self.concurrency is None else max(1, min(100, -(-self.concurrency // 2)))
+        batch = 100
+        if self.concurrency is not None and not self.store.executes_in_order:
+            # At most half the slots per claim on a pooled store: the next claim is in
+            # flight while the last one's runs record their ends (two statements overlap
+            # on two connections), not claim -> run -> end -> claim in lock step. A store
+            # that runs calls one at a time (SQLite) gains nothing, and pays more claims.
+            batch = max(1, min(100, -(-self.concurrency // 2)))
         limit = batch if free is None else min(free, batch)
         served = self.engine.served_process_ids
         if limit <= 0 or not served or not self._claiming or self._trusted_for() <= 0:
