@@ -17,9 +17,19 @@ from taskwarden.worker import cancel, launch
 S = ProcessState
 
 
-class FlushingWorkerStore(MemoryStore):
-    """A store where the running worker flushes its progress right after the cancel
-    request is written, before the canceller's next write (the race a real fleet has)."""
+class CountingStore(MemoryStore):
+    """Notes the name of each verb called that reads or writes a process."""
+
+    def __init__(self, *, worker_flushes_after_cancel: bool = False) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.worker_flushes_after_cancel = worker_flushes_after_cancel
+        """The running worker flushes its progress right after the cancel request is
+        written, before the canceller's next write (the race a real fleet has)."""
+
+    async def get(self, process_id: str) -> ProcessRecord | None:
+        self.calls.append("get")
+        return await super().get(process_id)
 
     async def transition(
         self,
@@ -29,10 +39,15 @@ class FlushingWorkerStore(MemoryStore):
         /,
         **kwargs: Any,
     ) -> ProcessRecord:
+        self.calls.append("transition")
         record = await super().transition(process_id, expected_states, to_state, **kwargs)
-        if to_state is S.CANCEL_REQUESTED:
+        if self.worker_flushes_after_cancel and to_state is S.CANCEL_REQUESTED:
             await self.update_progress(process_id, 77.0, "the worker's latest", [])
         return record
+
+    async def append_log(self, process_id: str, log_entries: Any, max_log: int = 1000) -> None:
+        self.calls.append("append_log")
+        await super().append_log(process_id, log_entries, max_log)
 
 
 class WitnessBus(LocalBus):
@@ -53,7 +68,7 @@ class WitnessBus(LocalBus):
 async def test_the_cancel_notice_goes_out_before_the_log_and_the_log_keeps_the_progress() -> None:
     """The request is written, the workers are told, then who asked is appended to the
     log without overwriting the progress the worker flushed in between."""
-    store = FlushingWorkerStore()
+    store = CountingStore(worker_flushes_after_cancel=True)
     bus = WitnessBus(store)
     async with store, bus:
         await store.create(ProcessRecord(process_id="job", name="job"))
@@ -108,30 +123,3 @@ async def test_a_client_launch_and_cancel_refuse_clearly_in_one_write_when_they_
         for pid, state in (("kid", S.IDLE), ("fixed", S.RUNNING)):
             record = await store.get(pid)
             assert record is not None and record.state is state
-
-
-class CountingStore(MemoryStore):
-    """Notes the name of each verb called that reads or writes a process."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[str] = []
-
-    async def get(self, process_id: str) -> ProcessRecord | None:
-        self.calls.append("get")
-        return await super().get(process_id)
-
-    async def transition(
-        self,
-        process_id: str,
-        expected_states: Collection[ProcessState],
-        to_state: ProcessState,
-        /,
-        **kwargs: Any,
-    ) -> ProcessRecord:
-        self.calls.append("transition")
-        return await super().transition(process_id, expected_states, to_state, **kwargs)
-
-    async def append_log(self, process_id: str, log_entries: Any, max_log: int = 1000) -> None:
-        self.calls.append("append_log")
-        await super().append_log(process_id, log_entries, max_log)
