@@ -23,7 +23,7 @@ import pytest
 
 from taskwarden.abc import Store
 from taskwarden.model import OperationStatus
-from taskwarden.processes import ACTIVE_STATES, ProcessState
+from taskwarden.processes import ACTIVE_STATES, ProcessRecord, ProcessState
 from taskwarden.stores import open_store
 from taskwarden.worker import launch
 from tests.store_support import postgres_database  # noqa: F401 (a fixture, found by name)
@@ -137,6 +137,25 @@ async def wait_state(
             await asyncio.sleep(0.02)
 
 
+async def wait_saved(
+    store: Store,
+    process_id: str,
+    message: str,
+    timeout: float = 15.0,  # noqa: ASYNC109
+) -> ProcessRecord:
+    """The record once it is running and its log holds ``message``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            record = await store.get(process_id)
+            if (
+                record is not None
+                and record.state is S.RUNNING
+                and any(entry.message == message for entry in record.log)
+            ):
+                return record
+            await asyncio.sleep(0.02)
+
+
 async def test_kill_9_of_a_worker_mid_run_is_resolved_by_each_policy(
     fleet: Fleet, client: Store
 ) -> None:
@@ -151,9 +170,9 @@ async def test_kill_9_of_a_worker_mid_run_is_resolved_by_each_policy(
         policy = policies[trial % 3]
         process_id = f"{policy}-{trial}"
         await launch(client, process_id)
-        await wait_state(client, process_id, S.RUNNING)
-        record = await client.get(process_id)
-        assert record is not None
+        # The kill comes once the first attempt's checkpoint is in the store: a resume
+        # keeps what the lost attempt saved, not what it had yet to flush.
+        record = await wait_saved(client, process_id, "first attempt started")
         victim = fleet.owner(record.lease_owner)
         victim.kill()
         killed_at = time.monotonic()
