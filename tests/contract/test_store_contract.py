@@ -1124,6 +1124,26 @@ async def test_claim_serves_ids_with_any_characters(store: Store) -> None:
     assert _ids_of(await store.claim("w", 10, 20)) == ["not-served"]
 
 
+async def test_claims_in_flight_together_each_keep_their_own_scope(store: Store) -> None:
+    """Claims made at once with different served lists (a store may keep the last list
+    on its side) each take only from their own list, and a list used before, then
+    replaced, is honoured again when it comes back."""
+    a = [f"a{i}" for i in range(4)]
+    b = [f"b{i}" for i in range(4)]
+    for pid in a + b:
+        await put(store, S.SCHEDULED, process_id=pid)
+    [first] = await store.claim("w", 10, 1, process_ids=tuple(a))
+    assert first.process_id in a
+    got = await asyncio.gather(
+        store.claim("w", 10, 1, process_ids=tuple(b)),
+        store.claim("w", 10, 1, process_ids=tuple(a)),
+    )
+    assert [_ids_of(g)[0][0] for g in got] == ["b", "a"]
+    assert set(_ids_of(await store.claim("w", 10, 1, process_ids=tuple(b)))) <= set(b)
+    last_a = await store.claim("w", 10, 10, process_ids=tuple(a))
+    assert sorted(_ids_of(last_a)) == a[2:]
+
+
 async def test_concurrent_claimers_never_share_a_process(backend: Backend) -> None:
     """The union of concurrent claims is every scheduled process, each exactly once."""
     async with backend.make() as a, backend.make() as b:

@@ -122,6 +122,11 @@ class SQLiteStore(SQLiteLeases, Store):
         self._db: DatabaseThread | None = None
         self._transition_sql: dict[tuple[Any, ...], str] = {}
         self._served = ServedIds()
+        # The ids the last claim scoped to, kept in a TEMP table of this store's connection
+        # (its primary key answers the claim's IN at once; a bound JSON list was parsed
+        # and built into a b-tree at every claim: 5 ms a claim at 10,000 ids).
+        self._served_table = f"temp.{prefix}_served"
+        self._served_loaded: tuple[str, ...] | None = None
         # Unleased and expired-lease candidates are found separately, each through its own
         # index, so rows other workers hold are never scanned (a claim stays cheap however
         # many scheduled processes are leased).
@@ -136,7 +141,7 @@ class SQLiteStore(SQLiteLeases, Store):
             f"AND lease_expires_at <= ? AND state = 'scheduled'{served} "
             "ORDER BY updated_at, process_id LIMIT ?)"
             ") ORDER BY updated_at, process_id LIMIT ?"
-            for served in ("", " AND process_id IN (SELECT value FROM json_each(?))")
+            for served in ("", f" AND process_id IN (SELECT process_id FROM {self._served_table})")
         )
         self._workers = f"{prefix}_workers"
         self._insert_run_sql = (
@@ -154,6 +159,7 @@ class SQLiteStore(SQLiteLeases, Store):
         db = DatabaseThread(describe=repr(self.path), max_batch=self._max_batch)
         db.start()
         self._db = db
+        self._served_loaded = None
         try:
             await db.submit(ALONE, self._setup, db)
         except BaseException:
@@ -180,6 +186,10 @@ class SQLiteStore(SQLiteLeases, Store):
                 conn.execute(f"PRAGMA synchronous={self._synchronous}")
                 conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
                 self._migrate(conn)
+                conn.execute(
+                    f"CREATE TEMP TABLE IF NOT EXISTS {self._served_table} "
+                    "(process_id TEXT PRIMARY KEY) WITHOUT ROWID"
+                )
             except BaseException:
                 conn.close()
                 raise

@@ -72,6 +72,8 @@ class SQLiteLeases:
     _served: ServedIds
     _claim_sql: str
     _claim_served_sql: str
+    _served_table: str
+    _served_loaded: tuple[str, ...] | None
 
     def _submit(self, kind: int, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         if self._db is None:
@@ -96,11 +98,20 @@ class SQLiteLeases:
         now = self.clock.wall()
         if limit <= 0:
             return []
-        served = None if process_ids is None else self._served.encode(process_ids)
         expires = encode_dt(now + timedelta(seconds=lease_seconds))
+        ids = None if process_ids is None else tuple(process_ids)
+        load = None
+        if ids is not None and ids != self._served_loaded:
+            # A new scope: this claim's transaction loads it first. Until that claim
+            # returns, every claim loads its own scope, so none runs against a table that
+            # a claim ahead of it changes. (Calls run and return in the order made.)
+            self._served_loaded = None
+            load = self._served.encode(ids)
         result: builtins.list[ProcessRecord] = await self._submit(
-            WRITE, self._claim, worker, expires, encode_dt(now), limit, served, start
+            WRITE, self._claim, worker, expires, encode_dt(now), limit, ids is not None, load, start
         )
+        if load is not None:
+            self._served_loaded = ids
         return result
 
     def _claim(
@@ -110,14 +121,18 @@ class SQLiteLeases:
         expires: str,
         now: str,
         limit: int,
-        served: str | None,
+        scoped: bool,
+        load: str | None,
         start: bool,
     ) -> builtins.list[ProcessRecord]:
-        if served is None:
-            cursor = conn.execute(self._claim_sql, (now, limit, now, limit, limit))
-        else:
-            args = (now, served, limit, now, served, limit, limit)
-            cursor = conn.execute(self._claim_served_sql, args)
+        if load is not None:
+            conn.execute(f"DELETE FROM {self._served_table}")
+            conn.execute(
+                f"INSERT INTO {self._served_table} SELECT DISTINCT value FROM json_each(?)",
+                (load,),
+            )
+        sql = self._claim_served_sql if scoped else self._claim_sql
+        cursor = conn.execute(sql, (now, limit, now, limit, limit))
         ids = [row[0] for row in cursor]
         if not ids:
             return []
