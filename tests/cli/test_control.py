@@ -81,7 +81,7 @@ async def _drop_prefix(url: str, prefix: str) -> None:
 
     conn = await asyncpg.connect(url)
     try:
-        for table in ("processes", "runs", "schema_version", "workers"):
+        for table in ("processes", "runs", "schema_version", "workers", "scope_ids", "scopes"):
             await conn.execute(f"DROP TABLE IF EXISTS {prefix}_{table}")
     finally:
         await conn.close()

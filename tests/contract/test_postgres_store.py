@@ -24,7 +24,7 @@ async def prefix(postgres_server_url: str) -> AsyncIterator[str]:
     yield name
     conn = await asyncpg.connect(postgres_server_url)
     try:
-        for table in ("processes", "runs", "schema_version"):
+        for table in ("processes", "runs", "schema_version", "workers", "scope_ids", "scopes"):
             await conn.execute(f"DROP TABLE IF EXISTS {name}_{table}")
     finally:
         await conn.close()
@@ -108,3 +108,90 @@ async def test_leases_are_stamped_and_compared_by_the_database_clock(
         # A lease that ended by the database's clock is expired, whatever this host says.
         await store.claim("w2", 0.0, limit=1, process_ids=["b"])  # ends at once
         assert [r.process_id for r in await store.expired_leases()] == ["b"]
+
+
+async def _scopes(url: str, prefix: str) -> dict[str, int]:
+    """Each stored claim scope with how many ids it holds."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            f"SELECT c.scope, count(i.process_id) FROM {prefix}_scopes AS c "
+            f"LEFT JOIN {prefix}_scope_ids AS i USING (scope) GROUP BY c.scope"
+        )
+    finally:
+        await conn.close()
+    return {row[0]: row[1] for row in rows}
+
+
+async def test_workers_with_the_same_definitions_share_one_stored_scope(
+    postgres_server_url: str, prefix: str
+) -> None:
+    """The served list is stored once under a digest of its content: two processes
+    claiming from the same ids load one scope, a different list is another."""
+    async with (
+        PostgresStore(postgres_server_url, prefix=prefix) as one,
+        PostgresStore(postgres_server_url, prefix=prefix) as two,
+    ):
+        for pid in ("a", "b", "c"):
+            await one.create(ProcessRecord(process_id=pid, name=pid, state=S.SCHEDULED))
+        [first] = await one.claim("w1", 30, 1, process_ids=["a", "b"])
+        [second] = await two.claim("w2", 30, 1, process_ids=("a", "b"))
+        assert {first.process_id, second.process_id} == {"a", "b"}
+        assert sorted((await _scopes(postgres_server_url, prefix)).values()) == [2]
+        [third] = await two.claim("w2", 30, 1, process_ids=["c"])
+        assert third.process_id == "c"
+        assert sorted((await _scopes(postgres_server_url, prefix)).values()) == [1, 2]
+
+
+async def test_a_scope_deleted_behind_a_workers_back_is_loaded_again(
+    postgres_server_url: str, prefix: str
+) -> None:
+    """A store keeps the scopes it loaded; when another process's clean-up deleted one,
+    the next claim that finds nothing sees it is gone, loads it again and claims."""
+    async with PostgresStore(postgres_server_url, prefix=prefix) as store:
+        for pid in ("a", "b"):
+            await store.create(ProcessRecord(process_id=pid, name=pid, state=S.SCHEDULED))
+        [first] = await store.claim("w", 30, 1, process_ids=["a", "b"])
+        conn = await asyncpg.connect(postgres_server_url)
+        try:
+            await conn.execute(f"DELETE FROM {prefix}_scopes")
+        finally:
+            await conn.close()
+        [second] = await store.claim("w", 30, 1, process_ids=["a", "b"])
+        assert {first.process_id, second.process_id} == {"a", "b"}
+        assert sorted((await _scopes(postgres_server_url, prefix)).values()) == [2]
+
+
+async def test_scopes_nobody_loaded_for_a_week_are_deleted_when_one_is_loaded(
+    postgres_server_url: str, prefix: str
+) -> None:
+    """Loading a scope deletes those last loaded more than a week ago (old definitions of
+    a past deployment) with their ids, and keeps the ones loaded within the week."""
+    from datetime import timedelta
+
+    async with PostgresStore(postgres_server_url, prefix=prefix) as store:
+        await store.create(ProcessRecord(process_id="x", name="x", state=S.SCHEDULED))
+        for ids in (["old"], ["recent"]):
+            assert await store.claim("w", 30, 1, process_ids=ids) == []
+        scopes = await _scopes(postgres_server_url, prefix)
+        conn = await asyncpg.connect(postgres_server_url)
+        try:
+            [old, recent] = [
+                await conn.fetchval(
+                    f"SELECT scope FROM {prefix}_scope_ids WHERE process_id = $1", pid
+                )
+                for pid in ("old", "recent")
+            ]
+            for scope, age in ((old, timedelta(days=8)), (recent, timedelta(days=6))):
+                await conn.execute(
+                    f"UPDATE {prefix}_scopes SET loaded_at = now() - $2::interval WHERE scope = $1",
+                    scope,
+                    age,
+                )
+        finally:
+            await conn.close()
+        assert set(scopes) == {old, recent}
+        [claimed] = await store.claim("w", 30, 1, process_ids=["x"])
+        assert claimed.process_id == "x"
+        after = await _scopes(postgres_server_url, prefix)
+        assert old not in after and after[recent] == 1 and len(after) == 2

@@ -223,7 +223,7 @@ class PostgresBackend(Backend):
     async def cleanup(self) -> None:
         conn = await asyncpg.connect(self.url)
         try:
-            for table in ("processes", "runs", "schema_version"):
+            for table in ("processes", "runs", "schema_version", "workers", "scope_ids", "scopes"):
                 await conn.execute(f"DROP TABLE IF EXISTS {self.prefix}_{table}")
         finally:
             await conn.close()
@@ -1465,6 +1465,11 @@ async def test_a_version_1_database_is_upgraded_on_open(backend: Backend) -> Non
         "ALTER TABLE {p}_processes DROP COLUMN next_attempt_at",
         "ALTER TABLE {p}_processes DROP COLUMN lease_seconds",
         "DROP TABLE {p}_workers",
+        *(
+            ["DROP TABLE {p}_scope_ids", "DROP TABLE {p}_scopes"]
+            if backend.name == "postgres"
+            else []
+        ),
         "DELETE FROM {p}_schema_version WHERE version > 1",
     )
     assert await backend.schema_versions() == [1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import logging
 import re
@@ -156,7 +157,8 @@ def load_migrations(dialect: str, prefix: str) -> list[tuple[int, list[str]]]:
     """The migrations shipped for ``dialect`` (``sqlite`` or ``postgres``), in order.
 
     Each is ``(version, statements)``, read from ``stores/sql/<dialect>_<NNNN>_*.sql`` with
-    the table names of ``prefix`` filled in, split into statements by
+    the table names of ``prefix`` (``{processes}``, ``{runs}``, ``{workers}``, ``{prefix}``)
+    filled in, split into statements by
     :func:`split_statements`.
     """
     processes, runs, _ = table_names(prefix)
@@ -170,7 +172,7 @@ def load_migrations(dialect: str, prefix: str) -> list[tuple[int, list[str]]]:
         text = entry.read_text(encoding="utf-8")
         body = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
         body = body.replace("{processes}", processes).replace("{runs}", runs)
-        body = body.replace("{workers}", f"{prefix}_workers")
+        body = body.replace("{workers}", f"{prefix}_workers").replace("{prefix}", prefix)
         found.append((version, split_statements(body)))
     found.sort()
     return found
@@ -294,14 +296,23 @@ class ServedIds:
 
     A worker sends the same list at every claim; with thousands of definitions, binding it
     as an array (the driver checks each element) or encoding it again each time is most of
-    a claim's cost on the client. The last list is kept with its text.
+    a claim's cost on the client. The last list is kept with its text (and its digest).
     """
 
-    __slots__ = ("_ids", "_text")
+    __slots__ = ("_digest", "_ids", "_text")
 
     def __init__(self) -> None:
         self._ids: tuple[str, ...] | None = None
         self._text = "[]"
+        self._digest = ""
+
+    def digest(self, process_ids: Collection[str]) -> str:
+        """A name for the list's content (the same list, the same name, in every process);
+        the list's text is :meth:`encode` with ``array_literal``."""
+        text = self.encode(process_ids, array_literal=True)
+        if not self._digest:
+            self._digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+        return self._digest
 
     def encode(self, process_ids: Collection[str], *, array_literal: bool = False) -> str:
         """``process_ids`` as a JSON array, or with ``array_literal`` as PostgreSQL's
@@ -313,7 +324,7 @@ class ServedIds:
                 self._text = "{" + ",".join(quoted) + "}"
             else:
                 self._text = json.dumps(list(ids), separators=(",", ":"))
-            self._ids = ids
+            self._ids, self._digest = ids, ""
         return self._text
 
 

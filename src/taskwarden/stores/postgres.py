@@ -130,6 +130,9 @@ class PostgresStore(PostgresLeases, Store):
         self._pool: asyncpg.Pool | None = None
         self._transition_sql: dict[tuple[Any, ...], str] = {}
         self._served = ServedIds()
+        self._scopes, self._scope_ids = f"{prefix}_scopes", f"{prefix}_scope_ids"
+        self._scope_sql = f"SELECT EXISTS (SELECT 1 FROM {self._scopes} WHERE scope = $1)"
+        self._scopes_loaded: set[str] = set()
         self._single_sql_cache: dict[tuple[Any, ...], str] = {}
         self._pending: dict[tuple[Any, ...], list[tuple[Any, asyncio.Future[Any]]]] = {}
         self._flushing: set[asyncio.Task[None]] = set()
