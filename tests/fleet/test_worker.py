@@ -436,12 +436,15 @@ async def _has_attempt(store: Store, process_id: str, attempt: int) -> bool:
 
 
 @pytest.mark.postgres
-async def test_on_postgresql_without_a_bus_launches_and_cancels_arrive_by_notify(
+@pytest.mark.parametrize("worker_bus", [False, True], ids=["no-bus", "worker-with-a-bus"])
+async def test_on_postgresql_launches_and_cancels_arrive_by_notify(
     postgres_database: str,  # noqa: F811 - the fixture, imported by name
+    worker_bus: bool,
 ) -> None:
     """The store's trigger notifies whoever wrote the launch or the cancel; the worker
-    LISTENs. Its claim poll (60 s) and renewal (20 s) are far too slow to explain a start
-    and a cancel within the test's few seconds."""
+    LISTENs, with a bus of its own too (the writer here uses none). Its claim poll (60 s)
+    and renewal (20 s) are far too slow to explain a start and a cancel within the
+    test's few seconds."""
     prefix = f"t{uuid.uuid4().hex[:12]}"
     stopped: list[str] = []
 
@@ -451,9 +454,12 @@ async def test_on_postgresql_without_a_bus_launches_and_cancels_arrive_by_notify
         finally:
             stopped.append(ctx.process_id)
 
-    slow = {"poll_interval": 60.0, "renew_interval": 20.0, "lease_seconds": 60.0}
+    slow: dict[str, Any] = {"poll_interval": 60.0, "renew_interval": 20.0, "lease_seconds": 60.0}
+    bus = open_bus("memory://")
+    if worker_bus:
+        slow["bus"] = bus
     w = worker((postgres_database, prefix), task("long", long), **slow)
-    async with open_store(postgres_database, prefix=prefix) as client, w:
+    async with bus, open_store(postgres_database, prefix=prefix) as client, w:
         assert w._notify is not None and w._notify.listening
         await launch(client, "long")  # no bus: only the trigger's NOTIFY tells the worker
         await eventually(lambda: _is(client, "long", S.RUNNING), timeout=5)

