@@ -235,3 +235,38 @@ async def test_a_launch_cancelled_after_its_write_on_an_in_order_store_still_end
             await asyncio.wait_for(done.wait(), 5)
         record = await engine.get_process("p")
         assert record is not None and record.state in {S.DONE, S.CANCELLED}
+
+
+async def test_a_cancel_recorded_elsewhere_stops_the_local_run_before_the_record_is_read() -> None:
+    """``cancel_local`` (what a worker calls on a cancel notification) starts the ladder
+    first: the run is cancelled when the engine reads the record to acknowledge the
+    request, and the request is acknowledged (``cancelling``, then ``cancelled``)."""
+    contexts: list[ProcessContext] = []
+    started = asyncio.Event()
+
+    async def waits(ctx: ProcessContext) -> None:
+        contexts.append(ctx)
+        started.set()
+        await ctx.wait_cancelled()
+
+    class Watching(MemoryStore):
+        """Notes, at each read, whether the run still goes on."""
+
+        goes_on_at_read: list[bool] = []
+
+        async def get(self, process_id: str) -> ProcessRecord | None:
+            if contexts:
+                self.goes_on_at_read.append(contexts[0].should_continue())
+            return await super().get(process_id)
+
+    store = Watching()
+    async with started_engine(task("p", waits), store=store, cancel_grace=5.0) as engine:
+        log = StateLog(engine)
+        await engine.launch("p")
+        await asyncio.wait_for(started.wait(), 2)
+        await store.transition("p", {S.RUNNING}, S.CANCEL_REQUESTED)  # recorded elsewhere
+        store.goes_on_at_read.clear()
+        assert await engine.cancel_local("p")
+        await log.wait_for("p", S.CANCELLED)
+        assert S.CANCELLING in log.states("p")
+    assert store.goes_on_at_read[:1] == [False]

@@ -630,9 +630,11 @@ class Engine(ClaimMixin, RecoveryMixin):
         run = self._runs.get(process_id)
         if run is None:
             return False
+        # The ladder starts before any round trip; the record follows: the request is
+        # acknowledged (``cancelling``), or recorded here when nobody recorded one.
+        self._stop_local_run(run, message)
         record = await _quiet_get(self.store, process_id)
         if record is not None and record.state is S.CANCEL_REQUESTED:
-            self._stop_local_run(run, message)
             await self._ack_cancel(process_id, requested=True)
             return True
         await self._cancel_run(run, message)
