@@ -4,15 +4,18 @@ ad-hoc processes survive a resync unless clean; ephemeral ones vanish once termi
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from taskwarden.engine import Engine, ProcessContext, TaskInstance
 from taskwarden.errors import InvalidDefinition, InvalidTransition, ProcessNotFound
-from taskwarden.processes import ProcessState
+from taskwarden.processes import ProcessRecord, ProcessState
 from taskwarden.registry import OperationRegistry
 from taskwarden.stores.memory import MemoryStore
+from taskwarden.stores.sqlite import SQLiteStore
 from tests.engine_support import StateLog, started_engine, task
 
 S = ProcessState
@@ -169,3 +172,32 @@ async def test_adhoc_delete_refuses_definitions_and_active_processes() -> None:
         assert await engine.get_process("idle/child") is None
         release.set()
         await log.wait_for("busy", S.DONE)
+
+
+async def test_a_resync_reads_the_stored_records_a_thousand_at_a_time(tmp_path: Path) -> None:
+    """Starting a worker with thousands of definitions reads their records in a few
+    queries, not one per process (2,500 definitions: 3 reads)."""
+
+    class Counting(SQLiteStore):
+        def __init__(self, path: str) -> None:
+            super().__init__(path)
+            self.calls = {"get": 0, "get_many": 0}
+
+        async def get(self, process_id: str) -> ProcessRecord | None:
+            self.calls["get"] += 1
+            return await super().get(process_id)
+
+        async def get_many(self, process_ids: Collection[str]) -> dict[str, ProcessRecord]:
+            self.calls["get_many"] += 1
+            return await super().get_many(process_ids)
+
+    store = Counting(str(tmp_path / "resync.db"))
+    tasks = [task(f"p{i}", description="first") for i in range(2500)]
+    async with started_engine(*tasks, store=store) as engine:
+        getter: Any = engine.get_task_definitions
+        getter.current[:] = [task(f"p{i}", description="second") for i in range(2500)]
+        store.calls.update(get=0, get_many=0)
+        await engine.resync()
+        assert store.calls == {"get": 0, "get_many": 3}
+        changed = await engine.get_process("p2499")
+        assert changed is not None and changed.description == "second"

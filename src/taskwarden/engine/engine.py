@@ -62,6 +62,9 @@ __all__ = ["ChangeCallback", "Engine", "EngineState", "GetTaskDefinitions"]
 
 logger = logging.getLogger("taskwarden.engine")
 
+_RESYNC_READ = 1000
+"""Records a resync reads per query."""
+
 S = ProcessState
 
 GetTaskDefinitions = Callable[..., Awaitable[list[TaskInstance]]]
@@ -374,8 +377,12 @@ class Engine(ClaimMixin, RecoveryMixin):
                     self._definitions.pop(record.process_id, None)
         now = self.clock.wall()
         new_ids = {task.process_id for task in tasks}
+        current: dict[str, ProcessRecord] = {}
+        ids = list(new_ids)
+        for start in range(0, len(ids), _RESYNC_READ):  # a few reads, not one per process
+            current.update(await self.store.get_many(ids[start : start + _RESYNC_READ]))
         for task in tasks:
-            existing = await self.store.get(task.process_id)
+            existing = current.get(task.process_id)
             if existing is None:
                 try:
                     await self.store.create(new_record(task, now=now))
