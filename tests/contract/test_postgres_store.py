@@ -195,3 +195,53 @@ async def test_scopes_nobody_loaded_for_a_week_are_deleted_when_one_is_loaded(
         assert claimed.process_id == "x"
         after = await _scopes(postgres_server_url, prefix)
         assert old not in after and after[recent] == 1 and len(after) == 2
+
+
+async def test_a_scope_in_use_is_loaded_again_each_day_and_checked_at_most_every_30_s(
+    postgres_server_url: str, prefix: str
+) -> None:
+    """A long-lived worker loads its scope again after a day (so the week-long clean-up
+    never takes a scope in use); a claim that finds nothing checks that the scope still
+    exists at most every 30 s, so an idle poll is one statement."""
+    from datetime import UTC, datetime
+
+    from taskwarden.clock import FakeClock
+
+    async def loaded_at() -> datetime:
+        conn = await asyncpg.connect(postgres_server_url)
+        try:
+            value: datetime = await conn.fetchval(f"SELECT max(loaded_at) FROM {prefix}_scopes")
+        finally:
+            await conn.close()
+        return value
+
+    async def sql(statement: str) -> None:
+        conn = await asyncpg.connect(postgres_server_url)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    clock = FakeClock(wall_start=datetime.now(UTC))
+    async with PostgresStore(postgres_server_url, prefix=prefix) as store:
+        store.clock = clock
+        ids = ["a", "b"]
+        assert await store.claim("w", 30, 1, process_ids=ids) == []  # loads, then checks
+        await sql(f"UPDATE {prefix}_scopes SET loaded_at = now() - interval '6 days'")
+        old = await loaded_at()
+        clock.advance(86_399)
+        assert await store.claim("w", 30, 1, process_ids=ids) == []
+        assert await loaded_at() == old
+        clock.advance(1)
+        assert await store.claim("w", 30, 1, process_ids=ids) == []
+        assert await loaded_at() > old  # loaded again: in use
+        clock.advance(30)
+        assert await store.claim("w", 30, 1, process_ids=ids) == []  # checked now
+        # Deleted behind its back: found out at the first empty claim 30 s after that check.
+        await sql(f"DELETE FROM {prefix}_scopes")
+        await store.create(ProcessRecord(process_id="a", name="a", state=S.SCHEDULED))
+        clock.advance(29)
+        assert await store.claim("w", 30, 1, process_ids=ids) == []
+        clock.advance(1)
+        [claimed] = await store.claim("w", 30, 1, process_ids=ids)
+        assert claimed.process_id == "a"

@@ -132,7 +132,9 @@ class PostgresStore(PostgresLeases, Store):
         self._served = ServedIds()
         self._scopes, self._scope_ids = f"{prefix}_scopes", f"{prefix}_scope_ids"
         self._scope_sql = f"SELECT EXISTS (SELECT 1 FROM {self._scopes} WHERE scope = $1)"
-        self._scopes_loaded: set[str] = set()
+        # When this store last loaded, and last checked, each scope (clock.now()).
+        self._scopes_loaded: dict[str, float] = {}
+        self._scopes_checked: dict[str, float] = {}
         self._single_sql_cache: dict[tuple[Any, ...], str] = {}
         self._pending: dict[tuple[Any, ...], list[tuple[Any, asyncio.Future[Any]]]] = {}
         self._flushing: set[asyncio.Task[None]] = set()

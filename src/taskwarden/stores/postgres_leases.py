@@ -40,6 +40,10 @@ _LEASE_NOW_3 = "COALESCE($3::timestamptz, now())"
 
 SCOPE_UNUSED_FOR = timedelta(days=7)
 """A claim scope nobody loaded for this long is deleted (a worker reloads its own)."""
+SCOPE_RELOAD = 86_400.0
+"""Seconds after which a store loads its scope again (which marks it in use)."""
+SCOPE_CHECK = 30.0
+"""Seconds between checks, on claims that find nothing, that the scope still exists."""
 
 T = TypeVar("T")
 
@@ -57,7 +61,8 @@ class PostgresLeases:
     _scopes: str
     _scope_ids: str
     _scope_sql: str
-    _scopes_loaded: set[str]
+    _scopes_loaded: dict[str, float]
+    _scopes_checked: dict[str, float]
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -156,15 +161,27 @@ class PostgresLeases:
             args = (*args, scope)
 
         async def op(conn: asyncpg.Connection) -> builtins.list[ProcessRecord]:
-            if scope is not None and scope not in self._scopes_loaded:
+            now = self.clock.now()
+            if scope is not None and now - self._scopes_loaded.get(scope, -SCOPE_RELOAD) >= (
+                SCOPE_RELOAD
+            ):
+                # Loaded once, and again each day: a scope in use is never a week old.
                 await self._load_scope(conn, scope, ids)
+                self._scopes_loaded[scope] = now
             rows = await conn.fetch(sql, *args)
-            if not rows and scope is not None and not await conn.fetchval(self._scope_sql, scope):
-                # Deleted as unused (another process's clean-up): load it again.
-                await self._load_scope(conn, scope, ids)
-                rows = await conn.fetch(sql, *args)
-            if scope is not None:
-                self._scopes_loaded.add(scope)
+            if (
+                not rows
+                and scope is not None
+                and now - self._scopes_checked.get(scope, -SCOPE_CHECK) >= SCOPE_CHECK
+            ):
+                # Nothing to claim: is the scope still there (deleted by hand, or by a
+                # clean-up while this store was away)? Asked at most every SCOPE_CHECK, so
+                # an idle worker's poll stays one statement.
+                self._scopes_checked[scope] = now
+                if not await conn.fetchval(self._scope_sql, scope):
+                    await self._load_scope(conn, scope, ids)
+                    self._scopes_loaded[scope] = now
+                    rows = await conn.fetch(sql, *args)
             rows.sort(key=lambda r: (r[0], r[1]))
             return [record_from_row(tuple(row)[1:]) for row in rows]
 

@@ -3,7 +3,7 @@
 -- (10,000 ids: 120 KB) was parsed and hashed by the server at each claim; stored here
 -- under a digest of its content, a claim probes it by primary key. A scope is the same
 -- list whoever loads it, so workers with the same definitions share one; scopes unused for
--- a week are deleted when a scope is loaded (a worker reloads its own if it is gone).
+-- a week are deleted when a scope is loaded (a worker loads its own again each day).
 
 CREATE TABLE {prefix}_scopes (
     scope      TEXT COLLATE "C" PRIMARY KEY NOT NULL,
