@@ -87,6 +87,21 @@ def test_follow_of_an_ended_process_prints_its_log_and_exits(store: str) -> None
     assert entry["message"] == "copying"
 
 
+@pytest.fixture
+def sigint_delivered() -> Iterator[None]:
+    """Let the child hear SIGINT. A shell starts a background job (``cmd &`` without job
+    control, as some CI runners do) with SIGINT ignored, an ignored signal stays ignored
+    across exec, and Python then neither raises KeyboardInterrupt nor lets asyncio catch
+    it: the CLI would rightly keep running. A handled signal is reset to the default at
+    exec, so handling it here gives the child an ordinary Ctrl-C."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_delivered")
 def test_ctrl_c_ends_a_follow_with_exit_0_and_no_traceback(store: str) -> None:
     follow = subprocess.Popen(
         [*FOLLOW, "waiting", "-f", "--interval", "0.05", "--store", store],
